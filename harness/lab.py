@@ -1,0 +1,50 @@
+"""What one test run shares: the engine, images, test CA and mock upstream."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+
+from harness.containers import docker_client, sweep_leftovers
+from harness.images import ProxyImage, selected_images
+from harness.mock_dorkos import MockDorkOS, MockSettings
+from harness.proxies import RunningProxy, run_proxy
+from harness.tls import TestCA
+
+
+@dataclass
+class ProxyLab:
+    client: docker.DockerClient
+    mock: MockDorkOS
+    ca: TestCA
+    workdir: Path
+    images: tuple[ProxyImage, ...]
+    _tags: dict[str, str] = field(default_factory=dict)
+
+    def images_for(self, proxy: str) -> list[ProxyImage]:
+        return [image for image in self.images if image.proxy == proxy]
+
+    @contextlib.contextmanager
+    def run(self, image: ProxyImage, snippet: Path) -> Iterator[RunningProxy]:
+        if image.key not in self._tags:
+            self._tags[image.key] = image.ensure(self.client)
+        self.mock.clear_records()
+        with run_proxy(
+            self.client, image, self._tags[image.key], snippet, self.ca, self.workdir
+        ) as proxy:
+            yield proxy
+
+
+@contextlib.contextmanager
+def proxy_lab(workdir: Path) -> Iterator[ProxyLab]:
+    client = docker_client()
+    removed = sweep_leftovers(client)
+    if removed:
+        print(f"removed containers left by an earlier run: {', '.join(removed)}")
+    ca = TestCA.create(workdir / "ca")
+    with MockDorkOS(MockSettings()) as mock:
+        yield ProxyLab(client, mock, ca, workdir, selected_images())

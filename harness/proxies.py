@@ -1,0 +1,179 @@
+"""Run a published snippet, byte for byte, in the proxy it is written for.
+
+What a test needs beyond the snippet goes around it, never into it:
+certificate files at the paths the snippet names, and (for Caddy) a wrapper
+config whose global options point certificate issuance at the test CA and
+then imports the unmodified snippet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+from docker.models.containers import Container
+
+from harness.containers import Mount, log_tail, run_to_completion, running_container
+from harness.images import ProxyImage
+from harness.sse_client import Target
+from harness.tls import SERVER_NAME, TestCA
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HTTPS_PORT = 443
+
+
+class ConfigRejected(RuntimeError):
+    """The proxy refused the snippet; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class ProxyLaunch:
+    """How one proxy runs one snippet: what is mounted, what is run."""
+
+    mounts: list[Mount]
+    check_command: list[str]
+    run_command: list[str]
+    # Where the snippet sits in the container, so the proxy's messages can be
+    # translated back to the file a contributor edits.
+    snippet_in_container: str
+
+
+def _relative(snippet: Path) -> str:
+    return str(snippet.resolve().relative_to(REPO_ROOT))
+
+
+# `ssl_certificate /path/to/cert.pem;` and `ssl_certificate_key ...;`
+_NGINX_CERT_DIRECTIVE = re.compile(r"^\s*(ssl_certificate(?:_key)?)\s+([^;\s]+)\s*;", re.MULTILINE)
+
+
+def nginx_launch(snippet: Path, ca: TestCA, workdir: Path) -> ProxyLaunch:
+    in_container = f"/etc/nginx/conf.d/{snippet.name}"
+    mounts = [Mount(str(snippet.resolve()), in_container)]
+    for directive, path in _NGINX_CERT_DIRECTIVE.findall(snippet.read_text()):
+        source = ca.server_key if directive == "ssl_certificate_key" else ca.server_chain
+        mounts.append(Mount(str(source), path))
+    return ProxyLaunch(
+        mounts=mounts,
+        check_command=["nginx", "-t"],
+        run_command=["nginx", "-g", "daemon off;"],
+        snippet_in_container=in_container,
+    )
+
+
+_CADDY_WRAPPER = """\
+# Written by the test harness; the published snippet is imported unchanged.
+{{
+	# Issue certificates from the test CA instead of a public ACME CA.
+	local_certs
+	skip_install_trust
+	pki {{
+		ca local {{
+			root {{
+				cert {root_cert}
+				key {root_key}
+			}}
+		}}
+	}}
+}}
+
+import {snippet}
+"""
+
+
+def caddy_launch(snippet: Path, ca: TestCA, workdir: Path) -> ProxyLaunch:
+    in_container = "/etc/caddy/Caddyfile"  # where the official image reads it
+    harness_dir = "/etc/dorkos-docs"
+    wrapper = workdir / "harness.Caddyfile"
+    wrapper.write_text(
+        _CADDY_WRAPPER.format(
+            root_cert=f"{harness_dir}/test-ca.pem",
+            root_key=f"{harness_dir}/test-ca.key",
+            snippet=in_container,
+        )
+    )
+    config = ["--config", f"{harness_dir}/harness.Caddyfile", "--adapter", "caddyfile"]
+    return ProxyLaunch(
+        mounts=[
+            Mount(str(snippet.resolve()), in_container),
+            Mount(str(wrapper), f"{harness_dir}/harness.Caddyfile"),
+            Mount(str(ca.root_cert), f"{harness_dir}/test-ca.pem"),
+            Mount(str(ca.root_key), f"{harness_dir}/test-ca.key"),
+        ],
+        check_command=["caddy", "validate", *config],
+        run_command=["caddy", "run", *config],
+        snippet_in_container=in_container,
+    )
+
+
+LAUNCHERS = {"nginx": nginx_launch, "caddy": caddy_launch}
+
+
+def https_target(ca: TestCA) -> Target:
+    return Target(f"https://127.0.0.1:{HTTPS_PORT}", SERVER_NAME, str(ca.root_cert))
+
+
+def tls_handshake(target: Target) -> ssl.SSLSocket:
+    """A verified TLS connection to the proxy, as a browser would make it."""
+    host, port = target.base_url.split("://", 1)[1].rsplit(":", 1)
+    raw = socket.create_connection((host, int(port)), timeout=5)
+    try:
+        return target.ssl_context().wrap_socket(raw, server_hostname=target.server_name)
+    except BaseException:
+        raw.close()
+        raise
+
+
+@dataclass
+class RunningProxy:
+    image: ProxyImage
+    snippet: str  # path relative to the repository
+    container: Container
+    target: Target
+
+    def log_tail(self, lines: int = 30) -> str:
+        return log_tail(self.container, lines)
+
+
+@contextlib.contextmanager
+def run_proxy(
+    client: docker.DockerClient,
+    image: ProxyImage,
+    tag: str,
+    snippet: Path,
+    ca: TestCA,
+    workdir: Path,
+) -> Iterator[RunningProxy]:
+    """Check the snippet with the proxy's own validator, then serve it."""
+    launch = LAUNCHERS[image.proxy](snippet, ca, workdir)
+    relative = _relative(snippet)
+    code, output = run_to_completion(
+        client, tag, launch.check_command, launch.mounts, role=f"{image.key}-check"
+    )
+    if code != 0:
+        raise ConfigRejected(
+            f"{relative}: {image.description} rejects this config "
+            f"({' '.join(launch.check_command)} exited {code}):\n"
+            + output.replace(launch.snippet_in_container, relative).rstrip()
+        )
+    target = https_target(ca)
+
+    def handshake_succeeds() -> None:
+        tls_handshake(target).close()
+
+    with running_container(
+        client,
+        tag,
+        launch.run_command,
+        launch.mounts,
+        role=image.key,
+        ready=handshake_succeeds,
+        waiting_for=f"a TLS handshake for {SERVER_NAME} on 127.0.0.1:{HTTPS_PORT} "
+        f"that verifies against the test CA",
+    ) as container:
+        yield RunningProxy(image, relative, container, target)

@@ -1,0 +1,160 @@
+"""Sybil's view of the docs: every fenced block that includes a snippet.
+
+Sybil reads the raw Markdown, so it sees `--8<-- "snippets/x"` and not the
+file. Each such block becomes one example; evaluating it runs the file's
+bytes in the proxy it is written for, through every contract property.
+
+A proxy config pasted inline (a fence in a config language that is not an
+include) is an error at collection time: the page would show bytes that no
+test ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import traceback
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sybil import Document, Example, Region, Sybil
+from sybil.example import SybilFailure
+from sybil.parsers.markdown.lexers import RawFencedCodeBlockLexer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SNIPPETS = REPO_ROOT / "snippets"
+
+# Languages whose fenced blocks are proxy configs and so must be includes.
+CONFIG_LANGUAGES = frozenset(
+    {"nginx", "caddy", "caddyfile", "apache", "apacheconf", "haproxy", "conf"}
+)
+
+# pymdownx.snippets' block form: --8<-- "path" or --8<-- "path:first:last"
+_INCLUDE = re.compile(r'^\s*-{1,}8<-{1,}\s+"(?P<path>[^":]+)(?::[0-9:,-]*)?"\s*$')
+
+
+class DocsError(ValueError):
+    """A page breaks the docs' conventions; the message names file and line."""
+
+
+@dataclass(frozen=True)
+class SnippetInclude:
+    """A fenced block on a page that shows a file from snippets/."""
+
+    page: Path
+    line: int
+    language: str
+    snippet: Path  # absolute
+
+    @property
+    def snippet_name(self) -> str:
+        return str(self.snippet.relative_to(REPO_ROOT))
+
+    @property
+    def proxy(self) -> str:
+        return self.snippet.relative_to(SNIPPETS).parts[0]
+
+
+def _fences(document: Document) -> Iterable[Region]:
+    lexer = RawFencedCodeBlockLexer(
+        info_pattern=re.compile(r"(?P<info>[^\n]*)$\n", re.MULTILINE),
+        mapping={"info": "info", "source": "source"},
+    )
+    return lexer(document)
+
+
+def parse_snippet_includes(document: Document) -> Iterator[Region]:
+    page = Path(document.path)
+    for region in _fences(document):
+        line = document.text.count("\n", 0, region.start) + 1
+        where = f"{_display(page)}:{line}"
+        info = str(region.lexemes["info"]).strip()
+        language = info.split(maxsplit=1)[0].lower() if info else ""
+        source_lines = [s for s in str(region.lexemes["source"]).splitlines() if s.strip()]
+        includes = [m.group("path") for s in source_lines if (m := _INCLUDE.match(s))]
+        if not includes:
+            if language in CONFIG_LANGUAGES:
+                raise DocsError(
+                    f"{where}: a {language} block is pasted inline; configs must be files "
+                    f'under snippets/ shown with --8<-- "snippets/..." so the page shows '
+                    f"exactly what the tests ran"
+                )
+            continue
+        if len(source_lines) != 1:
+            raise DocsError(
+                f"{where}: a block that includes a snippet must hold only that "
+                f"one --8<-- line, so the page shows the file and nothing else"
+            )
+        snippet = (REPO_ROOT / includes[0]).resolve()
+        if not snippet.is_relative_to(SNIPPETS):
+            continue
+        if not snippet.is_file():
+            raise DocsError(f"{where}: includes {includes[0]}, which does not exist")
+        include = SnippetInclude(page, line, language, snippet)
+        if include.proxy not in ("nginx", "caddy"):
+            raise DocsError(
+                f"{where}: {includes[0]} is not under snippets/nginx/ or "
+                f"snippets/caddy/, so no proxy is known to run it"
+            )
+        yield Region(region.start, region.end, include, evaluate_snippet)
+
+
+def _display(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(path.resolve().relative_to(REPO_ROOT))
+    return str(path)
+
+
+class DocsSybil(Sybil):
+    """Sybil whose test ids name the page line and the snippet it shows."""
+
+    def identify(self, example: Example) -> str:
+        include: SnippetInclude = example.parsed
+        return f"line:{example.line},{include.snippet_name}"
+
+
+def docs_sybil() -> DocsSybil:
+    return DocsSybil(
+        parsers=[parse_snippet_includes],
+        path=str(REPO_ROOT / "docs"),
+        patterns=["*.md"],
+        fixtures=["subtests", "proxy_lab"],
+    )
+
+
+@contextlib.contextmanager
+def reported_as(subtests: Any, example: Example, name: str) -> Iterator[None]:
+    """Report one property as its own result.
+
+    Failures are re-raised as SybilFailure so pytest shows our message as it
+    is (Sybil's traceback filter can't handle a subtest's traceback).
+    """
+    with subtests.test(msg=name):
+        try:
+            yield
+        except SybilFailure:
+            raise
+        except AssertionError as error:
+            raise SybilFailure(example, str(error)) from error
+        except Exception as error:
+            raise SybilFailure(example, "".join(traceback.format_exception(error))) from error
+
+
+def evaluate_snippet(example: Example) -> None:
+    from harness.contract import PROPERTIES
+
+    include: SnippetInclude = example.parsed
+    lab = example.namespace["proxy_lab"]
+    subtests = example.namespace["subtests"]
+    for image in lab.images_for(include.proxy):
+        with contextlib.ExitStack() as stack:
+            proxy = None
+            with reported_as(subtests, example, f"{image.key}: accepts-config-and-starts"):
+                proxy = stack.enter_context(lab.run(image, include.snippet))
+            for prop in PROPERTIES:
+                with reported_as(subtests, example, f"{image.key}: {prop.name}"):
+                    if proxy is None:
+                        raise AssertionError("not checked: the proxy did not start (see above)")
+                    prop.check(proxy, lab.mock)

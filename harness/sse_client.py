@@ -1,0 +1,151 @@
+"""An EventSource-like client that records when each frame arrived."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+
+# What a browser's EventSource sends (Chromium's, less cookies and UA).
+BROWSER_EVENTSOURCE_HEADERS = {
+    "Accept": "text/event-stream",
+    "Accept-Encoding": "gzip, deflate, br",
+    "Cache-Control": "no-cache",
+}
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One SSE frame (or comment) and the monotonic time its last byte arrived."""
+
+    arrived: float
+    event: str | None
+    event_id: str | None
+    data: str | None
+    comment: str | None
+
+    @property
+    def sent(self) -> float | None:
+        """The upstream's send time, for frames the mock stamped."""
+        if self.data is None or not self.data.startswith("{"):
+            return None
+        value = json.loads(self.data).get("sent")
+        return float(value) if value is not None else None
+
+    @property
+    def delay_ms(self) -> float | None:
+        sent = self.sent
+        return None if sent is None else (self.arrived - sent) * 1000
+
+
+def parse_frame(block: str, arrived: float) -> Frame:
+    event = event_id = data = comment = None
+    data_lines = []
+    for line in block.split("\n"):
+        if line.startswith(":"):
+            comment = line[1:].strip()
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            event = value
+        elif name == "id":
+            event_id = value
+        elif name == "data":
+            data_lines.append(value)
+    if data_lines:
+        data = "\n".join(data_lines)
+    return Frame(arrived, event, event_id, data, comment)
+
+
+@dataclass
+class Target:
+    """Where a client connects, and who it says it is talking to.
+
+    Tests connect to an address on loopback but send the reader's host name in
+    SNI and in Host, exactly as a browser pointed at the domain would.
+    """
+
+    base_url: str  # e.g. https://127.0.0.1:443
+    server_name: str  # e.g. dorkos.example.com
+    ca_file: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        # Trust only the test CA: a config that serves another certificate
+        # must fail, whatever the machine's trust store says.
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.ca_file is None:
+            context.load_default_certs()
+        return context
+
+    def client(self, timeout: float = 30.0) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url,
+            verify=self.ssl_context() if self.base_url.startswith("https") else True,
+            headers={"Host": self.server_name},
+            timeout=httpx.Timeout(timeout),
+        )
+
+    @property
+    def extensions(self) -> dict[str, str]:
+        return {"sni_hostname": self.server_name}
+
+    @property
+    def origin(self) -> str:
+        scheme = self.base_url.split(":", 1)[0]
+        return f"{scheme}://{self.server_name}"
+
+
+class EventStream:
+    """Frames from one open stream, read as they arrive."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._chunks = response.iter_bytes()
+        self._buffer = ""
+
+    def frames(self) -> Iterator[Frame]:
+        for chunk in self._chunks:
+            arrived = time.monotonic()
+            self._buffer += chunk.decode().replace("\r\n", "\n")
+            while "\n\n" in self._buffer:
+                block, self._buffer = self._buffer.split("\n\n", 1)
+                yield parse_frame(block, arrived)
+
+    def take(self, count: int, *, events_only: bool = True) -> list[Frame]:
+        """The next `count` frames (not counting comments when events_only)."""
+        taken: list[Frame] = []
+        if count == 0:
+            return taken
+        for frame in self.frames():
+            if events_only and frame.comment is not None and frame.data is None:
+                continue
+            taken.append(frame)
+            if len(taken) == count:
+                break
+        return taken
+
+
+@contextlib.contextmanager
+def open_stream(
+    target: Target,
+    path: str,
+    *,
+    headers: dict[str, str] | None = None,
+    read_timeout: float = 30.0,
+) -> Iterator[EventStream]:
+    with (
+        target.client(timeout=read_timeout) as client,
+        client.stream(
+            "GET",
+            path,
+            headers={**BROWSER_EVENTSOURCE_HEADERS, **(headers or {})},
+            extensions=target.extensions,
+        ) as response,
+    ):
+        yield EventStream(response)
