@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,14 +31,29 @@ class ContainerFailed(RuntimeError):
 
 def docker_client() -> docker.DockerClient:
     where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    hint = (
+        "  'make test' starts one by itself as root on Debian "
+        "(scripts/prepare-host); elsewhere start Docker, or point DOCKER_HOST at it."
+    )
+    if where.startswith("unix://"):
+        # docker-py leaks its socket when a unix socket refuses the
+        # connection, so look before handing the address over.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(where.removeprefix("unix://"))
+            except OSError as error:
+                raise EngineUnreachable(
+                    f"no Docker engine is reachable at {where}: {error}\n{hint}"
+                ) from error
+    client = None
     try:
         client = docker.from_env(version="auto", timeout=120)
         client.ping()
     except docker.errors.DockerException as error:
+        if client is not None:
+            client.close()
         raise EngineUnreachable(
-            f"no Docker engine is reachable at {where}: {error}\n"
-            f"  'make test' starts one by itself as root on Debian "
-            f"(scripts/prepare-host); elsewhere start Docker, or point DOCKER_HOST at it."
+            f"no Docker engine is reachable at {where}: {error}\n{hint}"
         ) from error
     return client
 

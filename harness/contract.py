@@ -26,6 +26,8 @@ from harness.tls import SERVER_NAME
 REALTIME_BOUND_MS = 100.0
 REALTIME_EVENTS = 8
 REALTIME_INTERVAL_S = 0.15
+# A stream that goes this long without a complete frame is being held back.
+REALTIME_GIVE_UP_S = 3.0
 CLIENT_IP = "127.0.0.1"
 
 # What DorkOS needs forwarded, and the value each header must carry when a
@@ -82,7 +84,9 @@ def check_realtime(proxy: RunningProxy, mock: MockDorkOS) -> str:
                 events_per_stream=REALTIME_EVENTS,
                 event_interval=REALTIME_INTERVAL_S,
             ),
-            open_stream(proxy.target, new_session_path(), read_timeout=10) as stream,
+            open_stream(
+                proxy.target, new_session_path(), read_timeout=REALTIME_GIVE_UP_S
+            ) as stream,
         ):
             if stream.response.status_code != 200:
                 raise violation(
@@ -92,9 +96,13 @@ def check_realtime(proxy: RunningProxy, mock: MockDorkOS) -> str:
             try:
                 frames = stream.take(1 + REALTIME_EVENTS)
             except httpx.ReadTimeout as error:
+                got = [f for f in stream.received if f.event_id is not None]
                 raise violation(
                     proxy,
-                    f"{condition}: no complete event within 10 s of the last one ({error})",
+                    f"{condition}: {len(got)} of {REALTIME_EVENTS} events arrived (one was "
+                    f"sent every {REALTIME_INTERVAL_S} s), then nothing for "
+                    f"{REALTIME_GIVE_UP_S:.0f} s: the proxy is holding the stream back; "
+                    f"bound {REALTIME_BOUND_MS:.0f} ms per event",
                 ) from error
         live = [f for f in frames if f.event_id is not None]
         if frames[0].event != "snapshot" or len(live) != REALTIME_EVENTS:

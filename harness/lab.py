@@ -41,10 +41,10 @@ class ProxyLab:
 
 @contextlib.contextmanager
 def proxy_lab(workdir: Path) -> Iterator[ProxyLab]:
-    client = docker_client()
-    removed = sweep_leftovers(client)
-    if removed:
-        print(f"removed containers left by an earlier run: {', '.join(removed)}")
-    ca = TestCA.create(workdir / "ca")
-    with MockDorkOS(MockSettings()) as mock:
-        yield ProxyLab(client, mock, ca, workdir, selected_images())
+    with contextlib.closing(docker_client()) as client:
+        removed = sweep_leftovers(client)
+        if removed:
+            print(f"removed containers left by an earlier run: {', '.join(removed)}")
+        ca = TestCA.create(workdir / "ca")
+        with MockDorkOS(MockSettings()) as mock:
+            yield ProxyLab(client, mock, ca, workdir, selected_images())

@@ -45,7 +45,13 @@ class ProxyLaunch:
 
 
 def _relative(snippet: Path) -> str:
-    return str(snippet.resolve().relative_to(REPO_ROOT))
+    """The path a contributor knows the file by."""
+    resolved = snippet.resolve()
+    return (
+        str(resolved.relative_to(REPO_ROOT))
+        if resolved.is_relative_to(REPO_ROOT)
+        else str(resolved)
+    )
 
 
 # `ssl_certificate /path/to/cert.pem;` and `ssl_certificate_key ...;`

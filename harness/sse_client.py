@@ -108,6 +108,9 @@ class EventStream:
         self.response = response
         self._chunks = response.iter_bytes()
         self._buffer = ""
+        # Every frame read so far, kept when a read times out so a test can
+        # say how much arrived before it gave up.
+        self.received: list[Frame] = []
 
     def frames(self) -> Iterator[Frame]:
         for chunk in self._chunks:
@@ -115,7 +118,9 @@ class EventStream:
             self._buffer += chunk.decode().replace("\r\n", "\n")
             while "\n\n" in self._buffer:
                 block, self._buffer = self._buffer.split("\n\n", 1)
-                yield parse_frame(block, arrived)
+                frame = parse_frame(block, arrived)
+                self.received.append(frame)
+                yield frame
 
     def take(self, count: int, *, events_only: bool = True) -> list[Frame]:
         """The next `count` frames (not counting comments when events_only)."""
