@@ -1,22 +1,29 @@
 """The streaming contract: what a reader's browser must see through a proxy.
 
-Each property is a function of a running proxy and the mock upstream. It
+Each property is a check of one proxy endpoint against the mock upstream. It
 returns a one-line summary of what it measured, or raises ContractViolation
 with the bound, the measured value and the proxy's log tail.
+
+Every check uses its own session ids with their own mock behaviour, so the
+two slow checks (a minute of silence each) can run side by side with the
+fast ones through the same proxy.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from harness.mock_dorkos import MockDorkOS, RequestRecord
-from harness.proxies import RunningProxy, tls_handshake
-from harness.sse_client import Frame, open_stream
+from harness.proxies import tls_handshake
+from harness.sse_client import Frame, Target, open_stream
 from harness.tls import SERVER_NAME
 
 # Added delay allowed per event: arrival at the client minus send time at the
@@ -28,6 +35,15 @@ REALTIME_EVENTS = 8
 REALTIME_INTERVAL_S = 0.15
 # A stream that goes this long without a complete frame is being held back.
 REALTIME_GIVE_UP_S = 3.0
+# nginx's default proxy_read_timeout is 60 s; a stream or a response must
+# outlast it by a margin to show the config changed it.
+SILENCE_S = 65.0
+# When a client goes away, DorkOS frees the subscription at once (older
+# versions also released the session's write lock); the proxy must pass the
+# close on promptly.
+DISCONNECT_BOUND_S = 1.0
+# Just under Express's 1 MiB json() limit, as a long pasted message would be.
+LARGE_JSON_BYTES = 1_000_000
 CLIENT_IP = "127.0.0.1"
 
 # What DorkOS needs forwarded, and the value each header must carry when a
@@ -53,22 +69,43 @@ EXPECTED_FORWARDED_HEADERS = {
 }
 
 
+class Endpoint(Protocol):
+    """A proxy serving one config, as the checks see it."""
+
+    @property
+    def proxy(self) -> str: ...  # "nginx" or "caddy"
+
+    @property
+    def label(self) -> str: ...  # what a failure message calls it
+
+    @property
+    def target(self) -> Target: ...
+
+    def log_tail(self, lines: int = 30) -> str: ...
+
+
 class ContractViolation(AssertionError):
     pass
 
 
-def violation(proxy: RunningProxy, message: str) -> ContractViolation:
+def violation(endpoint: Endpoint, message: str) -> ContractViolation:
     return ContractViolation(
-        f"{proxy.snippet} on {proxy.image.description}: {message}\n"
-        f"--- proxy log (last lines) ---\n{proxy.log_tail()}"
+        f"{endpoint.label}: {message}\n--- proxy log (last lines) ---\n{endpoint.log_tail()}"
     )
 
 
-def new_session_path() -> str:
-    return f"/api/sessions/{uuid.uuid4()}/events"
+def new_session(mock: MockDorkOS, **behaviour: Any) -> str:
+    return mock.behave(str(uuid.uuid4()), **behaviour)
 
 
-def check_realtime(proxy: RunningProxy, mock: MockDorkOS) -> str:
+def stream_path(session_id: str) -> str:
+    return f"/api/sessions/{session_id}/events"
+
+
+# -- fast properties -----------------------------------------------------
+
+
+def check_realtime(endpoint: Endpoint, mock: MockDorkOS) -> str:
     """Every event reaches the client within the bound after it was sent.
 
     Checked twice: with the upstream sending `X-Accel-Buffering: no` (which
@@ -78,27 +115,26 @@ def check_realtime(proxy: RunningProxy, mock: MockDorkOS) -> str:
     summaries = []
     for accel_header in (True, False):
         condition = f"upstream {'sends' if accel_header else 'omits'} X-Accel-Buffering: no"
-        with (
-            mock.configured(
-                accel_buffering_header=accel_header,
-                events_per_stream=REALTIME_EVENTS,
-                event_interval=REALTIME_INTERVAL_S,
-            ),
-            open_stream(
-                proxy.target, new_session_path(), read_timeout=REALTIME_GIVE_UP_S
-            ) as stream,
-        ):
+        session = new_session(
+            mock,
+            accel_buffering_header=accel_header,
+            events_per_stream=REALTIME_EVENTS,
+            event_interval=REALTIME_INTERVAL_S,
+        )
+        with open_stream(
+            endpoint.target, stream_path(session), read_timeout=REALTIME_GIVE_UP_S
+        ) as stream:
             if stream.response.status_code != 200:
                 raise violation(
-                    proxy,
+                    endpoint,
                     f"{condition}: stream answered {stream.response.status_code}, expected 200",
                 )
             try:
                 frames = stream.take(1 + REALTIME_EVENTS)
-            except httpx.ReadTimeout as error:
+            except (httpx.ReadTimeout, httpx.RemoteProtocolError) as error:
                 got = [f for f in stream.received if f.event_id is not None]
                 raise violation(
-                    proxy,
+                    endpoint,
                     f"{condition}: {len(got)} of {REALTIME_EVENTS} events arrived (one was "
                     f"sent every {REALTIME_INTERVAL_S} s), then nothing for "
                     f"{REALTIME_GIVE_UP_S:.0f} s: the proxy is holding the stream back; "
@@ -107,20 +143,18 @@ def check_realtime(proxy: RunningProxy, mock: MockDorkOS) -> str:
         live = [f for f in frames if f.event_id is not None]
         if frames[0].event != "snapshot" or len(live) != REALTIME_EVENTS:
             raise violation(
-                proxy,
-                f"{condition}: expected a snapshot and {REALTIME_EVENTS} "
-                f"events, got {[f.event for f in frames]}",
+                endpoint,
+                f"{condition}: expected a snapshot and {REALTIME_EVENTS} events, "
+                f"got {[f.event for f in frames]}",
             )
         worst = _worst_delay(live)
         if worst.delay_ms is None or worst.delay_ms > REALTIME_BOUND_MS:
             raise violation(
-                proxy,
-                (
-                    f"{condition}: event {live.index(worst) + 1} of {len(live)} arrived "
-                    f"{worst.delay_ms:,.0f} ms after it was sent; "
-                    f"bound {REALTIME_BOUND_MS:,.0f} ms. "
-                    f"All delays (ms): {[round(f.delay_ms or 0) for f in live]}"
-                ),
+                endpoint,
+                f"{condition}: event {live.index(worst) + 1} of {len(live)} arrived "
+                f"{worst.delay_ms:,.0f} ms after it was sent; "
+                f"bound {REALTIME_BOUND_MS:,.0f} ms. "
+                f"All delays (ms): {[round(f.delay_ms or 0) for f in live]}",
             )
         summaries.append(f"{condition}: worst delay {worst.delay_ms:.1f} ms")
     return "; ".join(summaries)
@@ -130,60 +164,56 @@ def _worst_delay(frames: list[Frame]) -> Frame:
     return max(frames, key=lambda f: f.delay_ms if f.delay_ms is not None else float("inf"))
 
 
-def check_forwarded_headers(proxy: RunningProxy, mock: MockDorkOS) -> str:
+def check_forwarded_headers(endpoint: Endpoint, mock: MockDorkOS) -> str:
     """The upstream sees who the client is and how it connected."""
-    expected = EXPECTED_FORWARDED_HEADERS[proxy.image.proxy]
-    mock.clear_records()
-    with proxy.target.client() as client:
-        health = client.get("/api/health", extensions=proxy.target.extensions)
+    expected = EXPECTED_FORWARDED_HEADERS[endpoint.proxy]
+    probe = f"/api/health?probe={uuid.uuid4()}"
+    with endpoint.target.client() as client:
+        health = client.get(probe, extensions=endpoint.target.extensions)
         # A browser sends Origin on a same-origin POST; DorkOS then needs
         # X-Forwarded-Proto to agree with the page's scheme.
         post = client.post(
             f"/api/sessions/{uuid.uuid4()}/messages",
             json={"content": "hi"},
-            headers={"Origin": proxy.target.origin},
-            extensions=proxy.target.extensions,
+            headers={"Origin": endpoint.target.origin},
+            extensions=endpoint.target.extensions,
         )
-    seen = _only(proxy, mock.requests_to("/api/health"))
+    seen = _only(endpoint, [r for r in mock.records if r.target == probe])
     wrong = {
         name: seen.header(name) for name, value in expected.items() if seen.header(name) != value
     }
     if wrong:
         raise violation(
-            proxy,
-            (
-                f"the upstream saw {wrong}; expected { ({k: expected[k] for k in wrong}) }. "
-                f"All headers it saw: {seen.headers}"
-            ),
+            endpoint,
+            f"the upstream saw {wrong}; expected { ({k: expected[k] for k in wrong}) }. "
+            f"All headers it saw: {seen.headers}",
         )
     if health.status_code != 200:
-        raise violation(proxy, f"GET /api/health answered {health.status_code}: {health.text}")
+        raise violation(endpoint, f"GET /api/health answered {health.status_code}: {health.text}")
     if post.status_code != 202:
         raise violation(
-            proxy,
-            (
-                f"a browser's POST with Origin {proxy.target.origin} answered {post.status_code} "
-                f"({post.text}); DorkOS accepts it (202) only when X-Forwarded-Proto and Host "
-                f"match the Origin"
-            ),
+            endpoint,
+            f"a browser's POST with Origin {endpoint.target.origin} answered "
+            f"{post.status_code} ({post.text}); DorkOS accepts it (202) only when "
+            f"X-Forwarded-Proto and Host match the Origin",
         )
     return ", ".join(f"{k}: {v}" for k, v in expected.items()) + "; browser POST: 202"
 
 
-def _only(proxy: RunningProxy, records: list[RequestRecord]) -> RequestRecord:
+def _only(endpoint: Endpoint, records: list[RequestRecord]) -> RequestRecord:
     if len(records) != 1:
-        raise violation(proxy, f"expected the upstream to see 1 request, it saw {len(records)}")
+        raise violation(endpoint, f"expected the upstream to see 1 request, it saw {len(records)}")
     return records[0]
 
 
-def check_https(proxy: RunningProxy, mock: MockDorkOS) -> str:
+def check_https(endpoint: Endpoint, mock: MockDorkOS) -> str:
     """TLS for the reader's domain, trusted through the test CA alone."""
     try:
-        connection = tls_handshake(proxy.target)
+        connection = tls_handshake(endpoint.target)
     except OSError as error:  # ssl.SSLError is an OSError
         raise violation(
-            proxy,
-            f"TLS handshake for {SERVER_NAME} on {proxy.target.base_url} "
+            endpoint,
+            f"TLS handshake for {SERVER_NAME} on {endpoint.target.base_url} "
             f"trusting only the test CA failed: {error}",
         ) from error
     with connection:
@@ -192,28 +222,235 @@ def check_https(proxy: RunningProxy, mock: MockDorkOS) -> str:
         alt_names: Any = certificate.get("subjectAltName", ())
         names = [value for kind, value in alt_names if kind == "DNS"]
     if version not in ("TLSv1.2", "TLSv1.3"):
-        raise violation(proxy, f"negotiated {version}; expected TLS 1.2 or 1.3")
-    with proxy.target.client() as client:
-        response = client.get("/api/health", extensions=proxy.target.extensions)
+        raise violation(endpoint, f"negotiated {version}; expected TLS 1.2 or 1.3")
+    with endpoint.target.client() as client:
+        response = client.get("/api/health", extensions=endpoint.target.extensions)
     if response.status_code != 200 or response.json().get("status") != "ok":
         raise violation(
-            proxy,
+            endpoint,
             f"GET https://{SERVER_NAME}/api/health answered "
             f"{response.status_code}: {response.text[:200]}",
         )
     return f"{version}, certificate for {names}, /api/health 200 over HTTPS"
 
 
+def _closed_after(endpoint: Endpoint, mock: MockDorkOS, path: str, since: float) -> float:
+    """Seconds from `since` until the upstream saw the stream's connection close."""
+    (record,) = mock.requests_to(path)
+    give_up = time.monotonic() + DISCONNECT_BOUND_S + 2
+    while record.connection_closed_at is None and time.monotonic() < give_up:
+        time.sleep(0.01)  # polls the upstream's own record of the close
+    if record.connection_closed_at is None:
+        raise violation(
+            endpoint,
+            f"the client closed its stream, and {DISCONNECT_BOUND_S + 2:.0f} s later the "
+            f"upstream connection was still open; bound {DISCONNECT_BOUND_S:.0f} s",
+        )
+    return record.connection_closed_at - since
+
+
+def check_disconnect(endpoint: Endpoint, mock: MockDorkOS) -> str:
+    """A client that goes away is gone upstream within the bound."""
+    results = []
+    for condition, behaviour, frames_first in (
+        ("while events flow", {"events_per_stream": 10_000, "event_interval": 0.05}, 4),
+        ("while the stream is idle", {"heartbeat_interval": 15.0}, 1),
+    ):
+        session = new_session(mock, **behaviour)
+        with open_stream(endpoint.target, stream_path(session)) as stream:
+            stream.take(frames_first)
+        closed = time.monotonic()
+        took = _closed_after(endpoint, mock, stream_path(session), closed)
+        if took > DISCONNECT_BOUND_S:
+            raise violation(
+                endpoint,
+                f"{condition}: the upstream saw the close {took * 1000:,.0f} ms after the "
+                f"client left; bound {DISCONNECT_BOUND_S * 1000:,.0f} ms",
+            )
+        results.append(f"{condition}: {took * 1000:.0f} ms")
+    return "upstream closed " + ", ".join(results)
+
+
+def check_resume(endpoint: Endpoint, mock: MockDorkOS) -> str:
+    """A reconnect with Last-Event-ID gets every missed event exactly once."""
+    session = new_session(mock)
+    path = stream_path(session)
+    with open_stream(endpoint.target, path) as stream:
+        stream.take(1)  # the snapshot
+        seen = [mock.publish(session, n=n) for n in range(3)]
+        received = [f.event_id for f in stream.take(3)]
+    if received != seen:
+        raise violation(endpoint, f"live events: expected {seen}, got {received}")
+    missed = [mock.publish(session, n=n) for n in range(3, 6)]
+    with open_stream(endpoint.target, path, headers={"Last-Event-ID": seen[-1]}) as stream:
+        replayed = [f.event_id or f.event for f in stream.take(3)]
+        live = mock.publish(session, n=6)
+        then = stream.take(1)[0].event_id
+    cursor = mock.requests_to(path)[-1].header("Last-Event-ID")
+    if cursor != seen[-1]:
+        raise violation(
+            endpoint, f"the upstream got Last-Event-ID {cursor!r}; the client sent {seen[-1]!r}"
+        )
+    if [*replayed, then] != [*missed, live]:
+        raise violation(
+            endpoint,
+            f"after reconnecting from {seen[-1]}: expected the missed events {missed} "
+            f"and then {live}, got {[*replayed, then]}",
+        )
+    return f"Last-Event-ID passed unchanged; {len(missed)} missed events replayed once"
+
+
+def check_not_compressed_or_cached(endpoint: Endpoint, mock: MockDorkOS) -> str:
+    """Streams reach the browser uncompressed, and every open reaches DorkOS."""
+    session = new_session(mock)
+    path = stream_path(session)
+    for attempt in (1, 2):
+        with open_stream(
+            endpoint.target, path, headers={"Accept-Encoding": "gzip, deflate, br"}
+        ) as stream:
+            encoding = stream.response.headers.get("Content-Encoding")
+            cache_control = stream.response.headers.get("Cache-Control")
+            first = stream.take(1)[0]
+        if encoding is not None:
+            raise violation(
+                endpoint,
+                f"the event stream arrived with Content-Encoding: {encoding}; a compressed "
+                f"stream is held in the compressor's buffer, so it must not be compressed",
+            )
+        if cache_control != "no-cache":
+            raise violation(
+                endpoint, f"Cache-Control reached the browser as {cache_control!r}, not no-cache"
+            )
+        if first.event != "snapshot" or len(mock.requests_to(path)) != attempt:
+            raise violation(
+                endpoint,
+                f"open #{attempt} of the same stream: the upstream saw "
+                f"{len(mock.requests_to(path))} requests, the client got {first.event!r} "
+                f"first; a proxy cache must not answer streams",
+            )
+    return "no Content-Encoding, Cache-Control: no-cache, each open reached the upstream"
+
+
+def check_ordinary_traffic(endpoint: Endpoint, mock: MockDorkOS) -> str:
+    """REST, health and the app's page pass through as they are."""
+    body = b'{"content": "' + b"a" * (LARGE_JSON_BYTES - 15) + b'"}'
+    with endpoint.target.client() as client:
+        post = client.post(
+            f"/api/sessions/{uuid.uuid4()}/messages",
+            content=body,
+            headers={"Content-Type": "application/json"},
+            extensions=endpoint.target.extensions,
+        )
+        health = client.get("/api/health", extensions=endpoint.target.extensions)
+        page = client.get("/", extensions=endpoint.target.extensions)
+    if post.status_code != 202 or post.json().get("bytes") != len(body):
+        raise violation(
+            endpoint,
+            f"POST of a {len(body):,}-byte JSON body answered {post.status_code} "
+            f"({post.text[:200]}); expected 202 with all {len(body):,} bytes received",
+        )
+    if health.status_code != 200:
+        raise violation(endpoint, f"GET /api/health answered {health.status_code}")
+    if page.status_code != 200 or "DorkOS" not in page.text:
+        raise violation(endpoint, f"GET / answered {page.status_code}: {page.text[:200]}")
+    return f"POST {len(body):,} bytes: 202; /api/health: 200; /: 200"
+
+
+# -- slow properties (a minute of silence each, run side by side) --------------
+
+
+def check_idle_stream_survives(endpoint: Endpoint, mock: MockDorkOS) -> str:
+    """A stream with no bytes for SILENCE_S stays open and delivers the next event."""
+    session = new_session(mock, heartbeat_interval=None)
+    opened = time.monotonic()
+    publisher = threading.Timer(SILENCE_S, lambda: mock.publish(session, after_silence=True))
+    with open_stream(endpoint.target, stream_path(session), read_timeout=SILENCE_S + 15) as stream:
+        stream.take(1)  # the snapshot; then nothing at all until the timer
+        publisher.start()
+        try:
+            frames = stream.take(1)
+        except (httpx.ReadTimeout, httpx.RemoteProtocolError) as error:
+            frames = []
+            ended = f"({type(error).__name__})"
+        else:
+            ended = "(the stream ended)"
+        finally:
+            publisher.cancel()
+    if not frames:
+        lasted = time.monotonic() - opened
+        raise violation(
+            endpoint,
+            f"a stream with no bytes for {SILENCE_S:.0f} s did not survive: it ended "
+            f"{lasted:.1f} s after opening {ended}; it must stay open",
+        )
+    delay = frames[0].delay_ms or 0.0
+    if delay > REALTIME_BOUND_MS:
+        raise violation(
+            endpoint,
+            f"after {SILENCE_S:.0f} s of silence the next event arrived {delay:,.0f} ms "
+            f"after it was sent; bound {REALTIME_BOUND_MS:,.0f} ms",
+        )
+    return f"open after {SILENCE_S:.0f} s without a byte; next event in {delay:.1f} ms"
+
+
+def check_slow_first_byte(endpoint: Endpoint, mock: MockDorkOS) -> str:
+    """A response that starts after SILENCE_S reaches the client, not a 502/504."""
+    session = new_session(mock, first_byte_delay=SILENCE_S)
+    started = time.monotonic()
+    with endpoint.target.client(timeout=SILENCE_S + 15) as client:
+        response = client.post(
+            f"/api/sessions/{session}/messages",
+            json={"content": "a long answer"},
+            extensions=endpoint.target.extensions,
+        )
+    took = time.monotonic() - started
+    if response.status_code != 202:
+        raise violation(
+            endpoint,
+            f"the upstream answers after {SILENCE_S:.0f} s; the client got "
+            f"{response.status_code} {response.reason_phrase} after {took:.1f} s "
+            f"instead of DorkOS's 202",
+        )
+    return f"202 after {took:.1f} s"
+
+
 @dataclass(frozen=True)
 class Property:
     name: str
-    check: Callable[[RunningProxy, MockDorkOS], str]
+    check: Callable[[Endpoint, MockDorkOS], str]
+    slow: bool = False
 
 
-# The properties every snippet is run through, in the order they are reported.
+# Every snippet is run through these, reported in this order.
 # ("accepts-config-and-starts" is reported first by the evaluator itself.)
 PROPERTIES = (
     Property("events-in-real-time", check_realtime),
     Property("forwarded-headers", check_forwarded_headers),
     Property("https", check_https),
+    Property("idle-stream-survives", check_idle_stream_survives, slow=True),
+    Property("slow-first-byte", check_slow_first_byte, slow=True),
+    Property("disconnect-reaches-upstream", check_disconnect),
+    Property("resume-with-last-event-id", check_resume),
+    Property("not-compressed-or-cached", check_not_compressed_or_cached),
+    Property("ordinary-traffic", check_ordinary_traffic),
 )
+
+
+def run_contract(
+    endpoint: Endpoint, mock: MockDorkOS, properties: tuple[Property, ...] = PROPERTIES
+) -> dict[str, Future[str]]:
+    """Start every property; the slow ones run in the background meanwhile.
+
+    Returns one future per property name, in PROPERTIES order. Fast checks
+    run one after another (their timing must not compete with each other);
+    the slow ones wait out their minute beside them.
+    """
+    slow_pool = ThreadPoolExecutor(max_workers=len(properties), thread_name_prefix="slow")
+    fast_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fast")
+    futures = {
+        p.name: (slow_pool if p.slow else fast_pool).submit(p.check, endpoint, mock)
+        for p in properties
+    }
+    slow_pool.shutdown(wait=False)
+    fast_pool.shutdown(wait=False)
+    return futures

@@ -129,6 +129,7 @@ class MockDorkOS:
         self.records: list[RequestRecord] = []
         self._records_lock = threading.Lock()
         self._sessions: dict[str, _Session] = {}
+        self._overrides: dict[str, dict[str, Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
@@ -211,6 +212,22 @@ class MockDorkOS:
             self.settings = previous
 
     # -- what tests observe and drive -----------------------------------
+
+    def behave(self, session_id: str, **overrides: Any) -> str:
+        """Give one session its own settings; returns the session id.
+
+        Lets tests run streams that behave differently side by side (an idle
+        one, a slow one) through the same proxy at the same time.
+        """
+        dataclasses.replace(self.settings, **overrides)  # reject unknown names now
+        self._overrides[session_id] = overrides
+        return session_id
+
+    def settings_for(self, path: str) -> MockSettings:
+        parts = path.strip("/").split("/")
+        if len(parts) >= 3 and parts[:2] == ["api", "sessions"] and parts[2] in self._overrides:
+            return dataclasses.replace(self.settings, **self._overrides[parts[2]])
+        return self.settings
 
     def requests_to(self, path: str) -> list[RequestRecord]:
         with self._records_lock:
@@ -307,7 +324,7 @@ class MockDorkOS:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> bool:
-        settings = self.settings
+        settings = self.settings_for(record.path)
         if settings.first_byte_delay:
             await asyncio.sleep(settings.first_byte_delay)
 
@@ -326,12 +343,12 @@ class MockDorkOS:
             health = {"status": "ok", "version": "mock", "uptime": 1}
             return await self._send_json(record, writer, 200, health, keep_alive_hint=True)
         if session_route == ("GET", "events"):
-            await self._stream_session(record, parts[2], reader, writer)
+            await self._stream_session(record, settings, parts[2], reader, writer)
             return False
         if session_route == ("POST", "messages"):
             return await self._accept_message(record, writer, body)
         if record.method == "GET" and record.path == "/api/events":
-            await self._stream_global(record, reader, writer)
+            await self._stream_global(record, settings, reader, writer)
             return False
         if record.method == "GET" and not record.path.startswith("/api/"):
             return await self._send(record, writer, 200, "text/html; charset=UTF-8", INDEX_HTML)
@@ -425,13 +442,15 @@ class MockDorkOS:
 
     # -- Server-Sent Events ----------------------------------------------
 
-    def _stream_headers(self, record: RequestRecord) -> list[tuple[str, str]]:
+    def _stream_headers(
+        self, record: RequestRecord, settings: MockSettings
+    ) -> list[tuple[str, str]]:
         headers = [
             ("Content-Type", "text/event-stream"),
             ("Cache-Control", "no-cache"),
             ("Connection", "keep-alive"),
         ]
-        if self.settings.accel_buffering_header:
+        if settings.accel_buffering_header:
             headers.append(("X-Accel-Buffering", "no"))
         if record.version == "HTTP/1.1":
             headers.append(("Transfer-Encoding", "chunked"))
@@ -454,11 +473,12 @@ class MockDorkOS:
     async def _run_stream(
         self,
         record: RequestRecord,
+        settings: MockSettings,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         body: Any,
     ) -> None:
-        writer.write(self._head(record, 200, self._stream_headers(record)))
+        writer.write(self._head(record, 200, self._stream_headers(record, settings)))
         await writer.drain()
         frame = self._framer(record)
 
@@ -471,7 +491,7 @@ class MockDorkOS:
         try:
             await asyncio.wait(
                 [watcher, producer],
-                timeout=self.settings.max_stream_seconds,
+                timeout=settings.max_stream_seconds,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
@@ -481,8 +501,8 @@ class MockDorkOS:
                 await producer
         raise _ClientGone
 
-    async def _heartbeats(self, write: Any, frame: bytes) -> None:
-        interval = self.settings.heartbeat_interval
+    @staticmethod
+    async def _heartbeats(write: Any, frame: bytes, interval: float | None) -> None:
         if interval is None:
             await asyncio.Event().wait()
             return
@@ -493,6 +513,7 @@ class MockDorkOS:
     async def _stream_session(
         self,
         record: RequestRecord,
+        settings: MockSettings,
         session_id: str,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
@@ -502,18 +523,20 @@ class MockDorkOS:
         if cursor is None and "after=" in record.target:
             cursor = record.target.split("after=", 1)[1].split("&", 1)[0]
         replay = self._replay_after(session, cursor)
-        settings = self.settings
 
         async def body(write: Any) -> None:
             queue: asyncio.Queue[SessionEvent] = asyncio.Queue()
             session.subscribers.add(queue)
             try:
                 if replay is None:
-                    await write(sse_frame(event="snapshot", data=self._snapshot(session)))
+                    snapshot = self._snapshot(session, settings.snapshot_bytes)
+                    await write(sse_frame(event="snapshot", data=snapshot))
                 else:
                     for item in replay:
                         await write(item.frame)
-                heartbeat = asyncio.ensure_future(self._heartbeats(write, b": keepalive\n\n"))
+                heartbeat = asyncio.ensure_future(
+                    self._heartbeats(write, b": keepalive\n\n", settings.heartbeat_interval)
+                )
                 schedule = asyncio.ensure_future(self._scheduled_events(session_id, settings))
                 try:
                     while True:
@@ -524,7 +547,7 @@ class MockDorkOS:
             finally:
                 session.subscribers.discard(queue)
 
-        await self._run_stream(record, reader, writer, body)
+        await self._run_stream(record, settings, reader, writer, body)
 
     def _replay_after(self, session: _Session, cursor: str | None) -> list[SessionEvent] | None:
         """Events after a cursor, or None for a cold connect (send a snapshot)."""
@@ -539,8 +562,9 @@ class MockDorkOS:
             return None
         return [item for item in session.log if item.seq > seq]
 
-    def _snapshot(self, session: _Session) -> str:
-        filler = "x" * max(0, self.settings.snapshot_bytes - 100)
+    @staticmethod
+    def _snapshot(session: _Session, size: int) -> str:
+        filler = "x" * max(0, size - 100)
         return json.dumps({"sessionId": session.session_id, "messages": [], "history": filler})
 
     async def _scheduled_events(self, session_id: str, settings: MockSettings) -> None:
@@ -562,14 +586,19 @@ class MockDorkOS:
         return item
 
     async def _stream_global(
-        self, record: RequestRecord, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        record: RequestRecord,
+        settings: MockSettings,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
     ) -> None:
         async def body(write: Any) -> None:
             connected = json.dumps({"connectedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ")})
             await write(sse_frame(event="connected", data=connected))
-            await self._heartbeats(write, b"event: heartbeat\ndata: \n\n")
+            beat = b"event: heartbeat\ndata: \n\n"
+            await self._heartbeats(write, beat, settings.heartbeat_interval)
 
-        await self._run_stream(record, reader, writer, body)
+        await self._run_stream(record, settings, reader, writer, body)
 
 
 INDEX_HTML = b"""<!doctype html>

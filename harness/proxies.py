@@ -142,6 +142,14 @@ class RunningProxy:
     container: Container
     target: Target
 
+    @property
+    def proxy(self) -> str:
+        return self.image.proxy
+
+    @property
+    def label(self) -> str:
+        return f"{self.snippet} on {self.image.description}"
+
     def log_tail(self, lines: int = 30) -> str:
         return log_tail(self.container, lines)
 

@@ -143,7 +143,7 @@ def reported_as(subtests: Any, example: Example, name: str) -> Iterator[None]:
 
 
 def evaluate_snippet(example: Example) -> None:
-    from harness.contract import PROPERTIES
+    from harness.contract import PROPERTIES, run_contract
 
     include: SnippetInclude = example.parsed
     lab = example.namespace["proxy_lab"]
@@ -153,8 +153,9 @@ def evaluate_snippet(example: Example) -> None:
             proxy = None
             with reported_as(subtests, example, f"{image.key}: accepts-config-and-starts"):
                 proxy = stack.enter_context(lab.run(image, include.snippet))
+            results = run_contract(proxy, lab.mock) if proxy is not None else {}
             for prop in PROPERTIES:
                 with reported_as(subtests, example, f"{image.key}: {prop.name}"):
                     if proxy is None:
                         raise AssertionError("not checked: the proxy did not start (see above)")
-                    prop.check(proxy, lab.mock)
+                    results[prop.name].result()
