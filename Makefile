@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # Marker that the venv holds what pyproject.toml asks for.
 INSTALLED := $(VENV)/.installed
 
-.PHONY: serve site test check lint typecheck host images clean
+.PHONY: serve site test check lint typecheck host images necessity clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ host:
 ## images: build (or reuse) the proxy images the tests run
 images: $(INSTALLED) host
 	$(BIN)/python -m harness.images
+
+## necessity: measure what each config line is for; rewrites data/necessity.json and generated/
+necessity: $(INSTALLED) host images
+	$(BIN)/python -m harness.necessity --write
 
 ## lint / typecheck: ruff and mypy over the Python code
 lint: $(INSTALLED)

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
+from docker.models.containers import Container
 
 from harness.containers import docker_client, sweep_leftovers
 from harness.images import ProxyImage, selected_images
 from harness.mock_dorkos import MockDorkOS, MockSettings
-from harness.proxies import RunningProxy, run_proxy
+from harness.proxies import RunningProxy, run_proxy, serving
 from harness.tls import TestCA
 
 
@@ -28,15 +29,28 @@ class ProxyLab:
     def images_for(self, proxy: str) -> list[ProxyImage]:
         return [image for image in self.images if image.proxy == proxy]
 
-    @contextlib.contextmanager
-    def run(self, image: ProxyImage, snippet: Path) -> Iterator[RunningProxy]:
+    def tag(self, image: ProxyImage) -> str:
         if image.key not in self._tags:
             self._tags[image.key] = image.ensure(self.client)
-        self.mock.clear_records()
+        return self._tags[image.key]
+
+    @contextlib.contextmanager
+    def run(self, image: ProxyImage, snippet: Path) -> Iterator[RunningProxy]:
+        """Serve one published snippet on port 443."""
         with run_proxy(
-            self.client, image, self._tags[image.key], snippet, self.ca, self.workdir
+            self.client, image, self.tag(image), snippet, self.ca, self.workdir
         ) as proxy:
             yield proxy
+
+    @contextlib.contextmanager
+    def serving(
+        self, image: ProxyImage, configs: list[Path], ports: list[int]
+    ) -> Iterator[Container]:
+        """Serve several configs (measurement variants) in one container."""
+        with serving(
+            self.client, image, self.tag(image), configs, self.ca, self.workdir, ports
+        ) as container:
+            yield container
 
 
 @contextlib.contextmanager

@@ -34,14 +34,19 @@ class ConfigRejected(RuntimeError):
 
 @dataclass(frozen=True)
 class ProxyLaunch:
-    """How one proxy runs one snippet: what is mounted, what is run."""
+    """How one proxy runs its config files: what is mounted, what is run."""
 
     mounts: list[Mount]
     check_command: list[str]
     run_command: list[str]
-    # Where the snippet sits in the container, so the proxy's messages can be
+    # Where each config sits in the container, so the proxy's messages can be
     # translated back to the file a contributor edits.
-    snippet_in_container: str
+    configs_in_container: dict[str, Path]
+
+    def explain(self, output: str) -> str:
+        for in_container, config in self.configs_in_container.items():
+            output = output.replace(in_container, _relative(config))
+        return output.rstrip()
 
 
 def _relative(snippet: Path) -> str:
@@ -58,17 +63,22 @@ def _relative(snippet: Path) -> str:
 _NGINX_CERT_DIRECTIVE = re.compile(r"^\s*(ssl_certificate(?:_key)?)\s+([^;\s]+)\s*;", re.MULTILINE)
 
 
-def nginx_launch(snippet: Path, ca: TestCA, workdir: Path) -> ProxyLaunch:
-    in_container = f"/etc/nginx/conf.d/{snippet.name}"
-    mounts = [Mount(str(snippet.resolve()), in_container)]
-    for directive, path in _NGINX_CERT_DIRECTIVE.findall(snippet.read_text()):
+def nginx_launch(configs: list[Path], ca: TestCA, workdir: Path) -> ProxyLaunch:
+    in_container = {f"/etc/nginx/conf.d/{c.name}": c for c in configs}
+    mounts = [Mount(str(c.resolve()), path) for path, c in in_container.items()]
+    certificate_paths = {
+        path: directive
+        for config in configs
+        for directive, path in _NGINX_CERT_DIRECTIVE.findall(config.read_text())
+    }
+    for path, directive in certificate_paths.items():
         source = ca.server_key if directive == "ssl_certificate_key" else ca.server_chain
         mounts.append(Mount(str(source), path))
     return ProxyLaunch(
         mounts=mounts,
         check_command=["nginx", "-t"],
         run_command=["nginx", "-g", "daemon off;"],
-        snippet_in_container=in_container,
+        configs_in_container=in_container,
     )
 
 
@@ -88,40 +98,45 @@ _CADDY_WRAPPER = """\
 	}}
 }}
 
-import {snippet}
+{imports}
 """
 
 
-def caddy_launch(snippet: Path, ca: TestCA, workdir: Path) -> ProxyLaunch:
-    in_container = "/etc/caddy/Caddyfile"  # where the official image reads it
+def caddy_launch(configs: list[Path], ca: TestCA, workdir: Path) -> ProxyLaunch:
     harness_dir = "/etc/dorkos-docs"
+    # A published Caddyfile sits where the official image reads it; variants
+    # made for measurements go beside the harness's own files.
+    in_container = {
+        ("/etc/caddy/Caddyfile" if i == 0 else f"{harness_dir}/{i}-{c.name}"): c
+        for i, c in enumerate(configs)
+    }
     wrapper = workdir / "harness.Caddyfile"
     wrapper.write_text(
         _CADDY_WRAPPER.format(
             root_cert=f"{harness_dir}/test-ca.pem",
             root_key=f"{harness_dir}/test-ca.key",
-            snippet=in_container,
+            imports="\n".join(f"import {path}" for path in in_container),
         )
     )
     config = ["--config", f"{harness_dir}/harness.Caddyfile", "--adapter", "caddyfile"]
     return ProxyLaunch(
         mounts=[
-            Mount(str(snippet.resolve()), in_container),
+            *(Mount(str(c.resolve()), path) for path, c in in_container.items()),
             Mount(str(wrapper), f"{harness_dir}/harness.Caddyfile"),
             Mount(str(ca.root_cert), f"{harness_dir}/test-ca.pem"),
             Mount(str(ca.root_key), f"{harness_dir}/test-ca.key"),
         ],
         check_command=["caddy", "validate", *config],
         run_command=["caddy", "run", *config],
-        snippet_in_container=in_container,
+        configs_in_container=in_container,
     )
 
 
 LAUNCHERS = {"nginx": nginx_launch, "caddy": caddy_launch}
 
 
-def https_target(ca: TestCA) -> Target:
-    return Target(f"https://127.0.0.1:{HTTPS_PORT}", SERVER_NAME, str(ca.root_cert))
+def https_target(ca: TestCA, port: int = HTTPS_PORT) -> Target:
+    return Target(f"https://127.0.0.1:{port}", SERVER_NAME, str(ca.root_cert))
 
 
 def tls_handshake(target: Target) -> ssl.SSLSocket:
@@ -155,6 +170,48 @@ class RunningProxy:
 
 
 @contextlib.contextmanager
+def serving(
+    client: docker.DockerClient,
+    image: ProxyImage,
+    tag: str,
+    configs: list[Path],
+    ca: TestCA,
+    workdir: Path,
+    ports: list[int],
+) -> Iterator[Container]:
+    """Check config files with the proxy's own validator, then serve them.
+
+    Yields once every port in `ports` completes a verified TLS handshake.
+    """
+    launch = LAUNCHERS[image.proxy](configs, ca, workdir)
+    code, output = run_to_completion(
+        client, tag, launch.check_command, launch.mounts, role=f"{image.key}-check"
+    )
+    if code != 0:
+        raise ConfigRejected(
+            f"{', '.join(_relative(c) for c in configs)}: {image.description} rejects "
+            f"this config ({' '.join(launch.check_command)} exited {code}):\n"
+            + launch.explain(output)
+        )
+
+    def handshakes_succeed() -> None:
+        for port in ports:
+            tls_handshake(https_target(ca, port)).close()
+
+    with running_container(
+        client,
+        tag,
+        launch.run_command,
+        launch.mounts,
+        role=image.key,
+        ready=handshakes_succeed,
+        waiting_for=f"a TLS handshake for {SERVER_NAME} on 127.0.0.1 port(s) "
+        f"{', '.join(map(str, ports))} that verifies against the test CA",
+    ) as container:
+        yield container
+
+
+@contextlib.contextmanager
 def run_proxy(
     client: docker.DockerClient,
     image: ProxyImage,
@@ -163,31 +220,6 @@ def run_proxy(
     ca: TestCA,
     workdir: Path,
 ) -> Iterator[RunningProxy]:
-    """Check the snippet with the proxy's own validator, then serve it."""
-    launch = LAUNCHERS[image.proxy](snippet, ca, workdir)
-    relative = _relative(snippet)
-    code, output = run_to_completion(
-        client, tag, launch.check_command, launch.mounts, role=f"{image.key}-check"
-    )
-    if code != 0:
-        raise ConfigRejected(
-            f"{relative}: {image.description} rejects this config "
-            f"({' '.join(launch.check_command)} exited {code}):\n"
-            + output.replace(launch.snippet_in_container, relative).rstrip()
-        )
-    target = https_target(ca)
-
-    def handshake_succeeds() -> None:
-        tls_handshake(target).close()
-
-    with running_container(
-        client,
-        tag,
-        launch.run_command,
-        launch.mounts,
-        role=image.key,
-        ready=handshake_succeeds,
-        waiting_for=f"a TLS handshake for {SERVER_NAME} on 127.0.0.1:{HTTPS_PORT} "
-        f"that verifies against the test CA",
-    ) as container:
-        yield RunningProxy(image, relative, container, target)
+    """Serve one published snippet, byte for byte, on port 443."""
+    with serving(client, image, tag, [snippet], ca, workdir, [HTTPS_PORT]) as container:
+        yield RunningProxy(image, _relative(snippet), container, https_target(ca))

@@ -1,0 +1,319 @@
+"""What each line of a published config is for, measured.
+
+For every directive in a snippet, run the streaming contract with that one
+directive removed (and with lines a reader might add), under the upstream
+behaviours that matter, and record which checks fail. All variants of a
+snippet are served by one proxy container on ports of their own, so their
+minutes of silence run side by side.
+
+`python -m harness.necessity --write` (make necessity) stores the results in
+data/necessity.json and renders the tables the Reverse Proxy page includes;
+a test fails when those files no longer match what the suite measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import sys
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import contract
+from harness.containers import log_tail
+from harness.contract import Endpoint
+from harness.images import ProxyImage
+from harness.lab import ProxyLab
+from harness.mock_dorkos import MockDorkOS
+from harness.proxies import REPO_ROOT, https_target
+from harness.sse_client import Target
+from harness.variants import AS_PUBLISHED, Variant, variants_for
+
+DATA_FILE = REPO_ROOT / "data" / "necessity.json"
+TABLE_FILES = {
+    proxy: REPO_ROOT / "generated" / f"necessity-{proxy}.md" for proxy in ("nginx", "caddy")
+}
+# The snippet each proxy's table is about.
+SNIPPETS = {"nginx": "snippets/nginx/dorkos.conf", "caddy": "snippets/caddy/Caddyfile"}
+FIRST_VARIANT_PORT = 10443
+
+
+@dataclass(frozen=True)
+class Measure:
+    name: str
+    check: Callable[[Endpoint, MockDorkOS], str]
+    slow: bool = False
+    # For checks of conditions DorkOS does not create by default: when the
+    # failure would show up for a reader. None means it shows up always.
+    shows_when: str | None = None
+
+
+MEASURES = (
+    Measure(
+        "real time (upstream sends X-Accel-Buffering: no)",
+        functools.partial(contract.realtime_under, accel_header=True),
+    ),
+    Measure(
+        "real time (upstream omits X-Accel-Buffering)",
+        functools.partial(contract.realtime_under, accel_header=False),
+        shows_when="on DorkOS routes that omit X-Accel-Buffering: no",
+    ),
+    Measure(
+        "idle stream survives (15 s heartbeats)",
+        functools.partial(contract.idle_stream_survives, heartbeat_interval=15.0),
+        slow=True,
+    ),
+    Measure(
+        "idle stream survives (no heartbeats)",
+        functools.partial(contract.idle_stream_survives, heartbeat_interval=None),
+        slow=True,
+        shows_when="when a stream carries no bytes for over 60 s (DorkOS's 15 s "
+        "heartbeats prevent this on its own streams)",
+    ),
+    Measure(
+        "response that starts after 65 s",
+        contract.check_slow_first_byte,
+        slow=True,
+        shows_when="when a response takes over 60 s to start",
+    ),
+    Measure("headers DorkOS reads", contract.check_headers_dorkos_reads),
+    Measure("https", contract.check_https),
+    Measure("disconnect reaches upstream", contract.check_disconnect),
+    Measure("resume with Last-Event-ID", contract.check_resume),
+    Measure("not compressed or cached", contract.check_not_compressed_or_cached),
+    Measure("ordinary traffic", contract.check_ordinary_traffic),
+)
+
+
+@dataclass
+class VariantEndpoint:
+    """One variant, served on its own port of a shared proxy container."""
+
+    proxy: str
+    label: str
+    target: Target
+    _container: Any
+
+    def log_tail(self, lines: int = 30) -> str:
+        return log_tail(self._container, lines)
+
+
+def measure_image(lab: ProxyLab, image: ProxyImage) -> dict[str, Any]:
+    """Run every variant of the image's snippet; which measures each fails."""
+    snippet = REPO_ROOT / SNIPPETS[image.proxy]
+    text = snippet.read_text()
+    variants = variants_for(text, image.proxy)
+    folder = lab.workdir / "variants" / image.key
+    folder.mkdir(parents=True, exist_ok=True)
+    files, ports = [], []
+    for index, variant in enumerate(variants):
+        port = FIRST_VARIANT_PORT + index
+        path = folder / f"{index:02d}.{'conf' if image.proxy == 'nginx' else 'Caddyfile'}"
+        path.write_text(variant.render(text, image.proxy, port))
+        files.append(path)
+        ports.append(port)
+    with lab.serving(image, files, ports) as container:
+        endpoints = [
+            VariantEndpoint(
+                image.proxy,
+                f"{SNIPPETS[image.proxy]} {variant.name} on {image.description}",
+                https_target(lab.ca, port),
+                container,
+            )
+            for variant, port in zip(variants, ports, strict=True)
+        ]
+        outcomes = _run_all(endpoints, lab.mock)
+    return {
+        "image": image.key,
+        "description": image.description,
+        "snippet": SNIPPETS[image.proxy],
+        "variants": [
+            {"variant": variant.name, "change": _change(variant), "fails": fails}
+            for variant, fails in zip(variants, outcomes, strict=True)
+        ],
+    }
+
+
+def _change(variant: Variant) -> str | None:
+    if variant.removes is not None:
+        return f"-{variant.removes}"
+    if variant.adds:
+        return "+" + " ".join(variant.adds)
+    return None
+
+
+def _run_all(endpoints: list[VariantEndpoint], mock: MockDorkOS) -> list[dict[str, str]]:
+    """Slow measures all at once; fast ones one by one, so timings stay clean."""
+    slow_count = sum(m.slow for m in MEASURES) * len(endpoints)
+    with (
+        ThreadPoolExecutor(max_workers=slow_count, thread_name_prefix="slow") as slow_pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="fast") as fast_pool,
+    ):
+        futures: list[dict[str, Future[str]]] = [
+            {
+                m.name: (slow_pool if m.slow else fast_pool).submit(m.check, endpoint, mock)
+                for m in MEASURES
+            }
+            for endpoint in endpoints
+        ]
+        return [
+            {
+                name: _first_line(future.exception())
+                for name, future in per_endpoint.items()
+                if future.exception() is not None
+            }
+            for per_endpoint in futures
+        ]
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error) if isinstance(error, AssertionError) else repr(error)
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def measure_all(lab: ProxyLab) -> dict[str, Any]:
+    runs = []
+    for image in lab.images:
+        print(f"[necessity] measuring {image.description} ...", file=sys.stderr, flush=True)
+        runs.append(measure_image(lab, image))
+    return {
+        "measured_on": datetime.date.today().isoformat(),
+        "silence_s": contract.SILENCE_S,
+        "realtime_bound_ms": contract.REALTIME_BOUND_MS,
+        "runs": runs,
+    }
+
+
+def verdicts(results: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+    """{image: {variant: sorted failing measures}}: what staleness compares."""
+    return {
+        run["image"]: {v["variant"]: sorted(v["fails"]) for v in run["variants"]}
+        for run in results["runs"]
+    }
+
+
+# -- rendering --------------------------------------------------------------
+
+# What each line does, by the start of its text (proxy documentation, not a
+# claim about need: the measured columns say that).
+WHAT_IT_DOES = {
+    "proxy_http_version 1.1": "Talks HTTP/1.1 to DorkOS (nginx's default is 1.0).",
+    "proxy_set_header Host": "Forwards the host name the browser used.",
+    "proxy_set_header X-Real-IP": "Sends the client's address in its own header.",
+    "proxy_set_header X-Forwarded-For": "Appends the client's address to the forwarding chain.",
+    "proxy_set_header X-Forwarded-Proto": "Tells DorkOS the scheme the browser used.",
+    "proxy_buffering off": "Passes each piece of the response on as it arrives.",
+    "proxy_cache off": "Never serves a response from a cache (off is nginx's default).",
+    "proxy_read_timeout": "How long nginx waits between two reads from DorkOS (default 60 s).",
+    "proxy_send_timeout": "How long nginx waits between two writes to DorkOS (default 60 s).",
+    "proxy_set_header Connection ''": "Sends DorkOS no `Connection: close`.",
+    "chunked_transfer_encoding off": "Does not use chunked encoding towards the browser.",
+    "flush_interval -1": "Writes each piece of the response to the client at once.",
+    "gzip on;": "Compresses responses of the listed types.",
+    "encode gzip": "Compresses responses.",
+}
+
+
+def what_it_does(change: str) -> str:
+    for start, text in WHAT_IT_DOES.items():
+        if change.startswith(start):
+            return text
+    return ""
+
+
+_SHOWS_WHEN = {m.name: m.shows_when for m in MEASURES}
+
+
+def verdict(fails: list[str], added: bool) -> str:
+    if not fails:
+        return "No measured effect" if not added else "No measured harm"
+    if added:
+        return "**Harmful**"
+    if any(_SHOWS_WHEN[name] is None for name in fails):
+        return "**Required**"
+    conditions = sorted({_SHOWS_WHEN[name] or "" for name in fails})
+    return "**Protects**: needed " + "; ".join(conditions)
+
+
+def render_table(results: dict[str, Any], proxy: str) -> str:
+    runs = [r for r in results["runs"] if r["snippet"] == SNIPPETS[proxy]]
+    if not runs:
+        return f"No measurements of {SNIPPETS[proxy]} are recorded.\n"
+    on = ", ".join(r["description"] for r in runs)
+    lines = [
+        "<!-- Generated by `make necessity` from data/necessity.json; do not edit. -->",
+        "",
+        "| Change to the config | What the line does | What failed, measured | Verdict |",
+        "|---|---|---|---|",
+    ]
+    for index, first in enumerate(runs[0]["variants"]):
+        if first["variant"] == AS_PUBLISHED:
+            continue
+        per_run = {r["description"]: sorted(r["variants"][index]["fails"]) for r in runs}
+        added = first["change"].startswith("+")
+        change = first["change"][1:]
+        label = f"Add `{change}`" if added else f"Remove `{change}`"
+        if len({tuple(f) for f in per_run.values()}) == 1:
+            fails = next(iter(per_run.values()))
+            what = ", ".join(fails) if fails else "nothing"
+            lines.append(f"| {label} | {what_it_does(change)} | {what} | {verdict(fails, added)} |")
+        else:
+            what = "<br>".join(
+                f"{desc}: {', '.join(f) if f else 'nothing'}" for desc, f in per_run.items()
+            )
+            worst = max(per_run.values(), key=len)
+            lines.append(f"| {label} | {what_it_does(change)} | {what} | {verdict(worst, added)} |")
+    published = {r["description"]: r["variants"][0]["fails"] for r in runs}
+    broken = {desc: sorted(f) for desc, f in published.items() if f}
+    lines += [
+        "",
+        f"Measured on {on}, {results['measured_on']}: the published config with one "
+        f"change at a time, through every check of the streaming contract "
+        f"([how](how-it-is-tested.md#what-each-line-is-for)). "
+        + (
+            f"The published config itself failed: {broken}."
+            if broken
+            else "The published config itself passed every check."
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(results: dict[str, Any]) -> None:
+    DATA_FILE.parent.mkdir(parents=True, exist_ok=True)
+    DATA_FILE.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    for proxy, path in TABLE_FILES.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_table(results, proxy))
+
+
+def load() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DATA_FILE.read_text())
+    return data
+
+
+def main() -> None:
+    from harness.lab import proxy_lab
+
+    parser = argparse.ArgumentParser(description="Measure what each config line is for.")
+    parser.add_argument("--write", action="store_true", help=f"update {DATA_FILE.name} and tables")
+    args = parser.parse_args()
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="necessity-") as work, proxy_lab(Path(work)) as lab:
+        results = measure_all(lab)
+    for proxy in TABLE_FILES:
+        print(render_table(results, proxy))
+    if args.write:
+        write(results)
+        print(f"wrote {DATA_FILE.relative_to(REPO_ROOT)} and the tables in generated/")
+
+
+if __name__ == "__main__":
+    main()

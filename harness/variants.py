@@ -1,0 +1,120 @@
+"""Changed copies of a published snippet, for measuring what each line does.
+
+A variant removes one directive, or adds lines a reader might add (gzip for
+everything, say). Variants are made from the snippet's own text every run,
+so they follow the snippet as it changes; a variant that names a directive
+the snippet no longer has is an error, not a silent no-op.
+
+Variants are only ever measured, never published: the page shows the
+snippet itself.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+AS_PUBLISHED = "as published"
+
+
+class VariantError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    removes: str | None = None  # one directive, as written without its ';'
+    adds: tuple[str, ...] = field(default=())
+
+    def render(self, text: str, proxy: str, port: int) -> str:
+        """The snippet with this change, serving HTTPS on `port` instead of 443."""
+        lines = text.splitlines(keepends=True)
+        if self.removes is not None:
+            matching = [
+                i for i, line in enumerate(lines) if _directive(line, proxy) == self.removes
+            ]
+            if len(matching) != 1:
+                raise VariantError(
+                    f"variant {self.name!r}: expected one line {self.removes!r} in the "
+                    f"snippet, found {len(matching)}"
+                )
+            del lines[matching[0]]
+        if self.adds:
+            anchor = _block_opening(lines, proxy)
+            indent = re.match(r"\s*", lines[anchor + 1]).group(0)  # type: ignore[union-attr]
+            lines[anchor + 1 : anchor + 1] = [f"{indent}{add}\n" for add in self.adds]
+        return _move_to_port("".join(lines), proxy, port)
+
+
+def directives(text: str, proxy: str) -> list[str]:
+    """The directives a measurement removes one at a time.
+
+    nginx: every directive inside a `location` block. Caddy: every
+    subdirective of `reverse_proxy`.
+    """
+    found, depth, inside = [], 0, False
+    for line in text.splitlines():
+        stripped = line.split("#", 1)[0].strip()
+        if stripped.endswith("{"):
+            depth += 1
+            if stripped.startswith("location" if proxy == "nginx" else "reverse_proxy"):
+                inside, inside_depth = True, depth
+            continue
+        if stripped == "}":
+            if inside and depth == inside_depth:
+                inside = False
+            depth -= 1
+            continue
+        directive = _directive(line, proxy)
+        # Without proxy_pass there is no proxy left to measure.
+        if inside and directive and not directive.startswith("proxy_pass "):
+            found.append(directive)
+    return found
+
+
+def _directive(line: str, proxy: str) -> str | None:
+    stripped = line.split("#", 1)[0].strip()
+    if not stripped or stripped.endswith(("{", "}")):
+        return None
+    if proxy == "nginx":
+        return stripped[:-1].strip() if stripped.endswith(";") else None
+    return stripped
+
+
+def _block_opening(lines: list[str], proxy: str) -> int:
+    """Where added lines go: the top of nginx's location, or of Caddy's site."""
+    pattern = r"^\s*location\b.*\{\s*$" if proxy == "nginx" else r"^\S.*\{\s*$"
+    for i, line in enumerate(lines):
+        if re.match(pattern, line):
+            return i
+    raise VariantError(f"no block to add lines to (looked for {pattern!r})")
+
+
+def _move_to_port(text: str, proxy: str, port: int) -> str:
+    if proxy == "nginx":
+        moved, count = re.subn(r"(\blisten\s+)443\b", rf"\g<1>{port}", text)
+    else:
+        moved, count = re.subn(r"^(\S+?)(\s*\{)", rf"\g<1>:{port}\g<2>", text, flags=re.M)
+    if count != 1:
+        raise VariantError(f"expected one HTTPS site address to move to port {port}, found {count}")
+    return moved
+
+
+# Lines a reader might add that the page warns about, measured like removals.
+ADDITIONS = {
+    "nginx": (
+        Variant(
+            "with gzip for text/event-stream", adds=("gzip on;", "gzip_types text/event-stream;")
+        ),
+    ),
+    "caddy": (Variant("with encode gzip", adds=("encode gzip",)),),
+}
+
+
+def variants_for(text: str, proxy: str) -> list[Variant]:
+    return [
+        Variant(AS_PUBLISHED),
+        *(Variant(f"without {d}", removes=d) for d in directives(text, proxy)),
+        *ADDITIONS[proxy],
+    ]

@@ -1,0 +1,123 @@
+"""The Reverse Proxy page's claims about each line, against measurements.
+
+One measurement run serves every test here: each published config with one
+change at a time, through the whole streaming contract (harness.necessity).
+The page's tables are rendered from data/necessity.json; the first test
+fails when that file no longer says what the suite measures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from harness import necessity
+from harness.lab import ProxyLab
+from harness.proxies import REPO_ROOT
+from harness.variants import AS_PUBLISHED
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+PAGE = REPO_ROOT / "docs" / "reverse-proxy.md"
+
+
+@pytest.fixture(scope="module")
+def measured(proxy_lab: ProxyLab) -> dict[str, Any]:
+    return necessity.measure_all(proxy_lab)
+
+
+def fails(measured: dict[str, Any], proxy: str, variant: str) -> dict[str, dict[str, str]]:
+    """{image description: {failed measure: message}} for one variant."""
+    found = {
+        run["description"]: v["fails"]
+        for run in measured["runs"]
+        if run["snippet"] == necessity.SNIPPETS[proxy]
+        for v in run["variants"]
+        if v["variant"] == variant
+    }
+    assert found, f"no measurement of {proxy} {variant!r}"
+    return found
+
+
+def test_committed_table_matches_what_the_suite_measures(measured: dict[str, Any]) -> None:
+    committed = necessity.verdicts(necessity.load())
+    now = necessity.verdicts(measured)
+    stale = {
+        f"{image} / {variant}": {"committed": committed.get(image, {}).get(variant), "now": got}
+        for image, variants in now.items()
+        for variant, got in variants.items()
+        if committed.get(image, {}).get(variant) != got
+    }
+    gone = {image for image in committed if image not in now}
+    assert not stale and not gone, (
+        f"data/necessity.json is stale; run `make necessity` and commit the result. "
+        f"Differences: {stale}; images no longer measured: {sorted(gone)}"
+    )
+
+
+def test_page_tables_are_rendered_from_the_committed_data() -> None:
+    data = necessity.load()
+    for proxy, path in necessity.TABLE_FILES.items():
+        assert path.read_text() == necessity.render_table(data, proxy), (
+            f"{path.name} was edited by hand or not regenerated; run `make necessity`"
+        )
+        include = f'--8<-- "{path.relative_to(REPO_ROOT)}"'
+        assert include in PAGE.read_text(), f"{PAGE.name} does not include {path.name}"
+
+
+# -- Common issues on the page: each symptom appears with the broken config
+# -- and not with the published one.
+
+REALTIME_WITHOUT_ACCEL = "real time (upstream omits X-Accel-Buffering)"
+IDLE_NO_HEARTBEATS = "idle stream survives (no heartbeats)"
+IDLE_HEARTBEATS = "idle stream survives (15 s heartbeats)"
+SLOW_RESPONSE = "response that starts after 65 s"
+
+
+@pytest.mark.parametrize("proxy", ["nginx", "caddy"])
+def test_published_configs_pass_every_measure(measured: dict[str, Any], proxy: str) -> None:
+    assert fails(measured, proxy, AS_PUBLISHED) == {
+        desc: {} for desc in fails(measured, proxy, AS_PUBLISHED)
+    }
+
+
+def test_events_held_back_by_nginx_buffering(measured: dict[str, Any]) -> None:
+    """ "Events arrive in batches": buffering on, upstream without X-Accel-Buffering."""
+    for desc, failed in fails(measured, "nginx", "without proxy_buffering off").items():
+        assert REALTIME_WITHOUT_ACCEL in failed, f"{desc}: no batching without proxy_buffering off"
+        assert "holding the stream back" in failed[REALTIME_WITHOUT_ACCEL]
+        # DorkOS's own X-Accel-Buffering: no switches nginx's buffering off.
+        assert not [m for m in failed if m.startswith("real time (upstream sends")]
+
+
+def test_caddy_streams_events_at_once_without_flush_interval(measured: dict[str, Any]) -> None:
+    """Caddy flushes text/event-stream by itself; flush_interval -1 is not what does it."""
+    for desc, failed in fails(measured, "caddy", "without flush_interval -1").items():
+        assert not [m for m in failed if m.startswith("real time")], f"{desc}: {failed}"
+
+
+def test_idle_stream_dropped_at_60_s_without_read_timeout(measured: dict[str, Any]) -> None:
+    """ "Connection drops after 60 seconds", and only for a stream with no bytes at all."""
+    for desc, failed in fails(measured, "nginx", "without proxy_read_timeout 86400s").items():
+        assert IDLE_NO_HEARTBEATS in failed, f"{desc}: the idle stream survived"
+        assert "ended 60." in failed[IDLE_NO_HEARTBEATS]
+        assert IDLE_HEARTBEATS not in failed, f"{desc}: heartbeats did not keep it open"
+
+
+def test_long_response_is_504_without_read_timeout(measured: dict[str, Any]) -> None:
+    """ "502 on long requests": nginx answers a read timeout with 504, after 60 s."""
+    for desc, failed in fails(measured, "nginx", "without proxy_read_timeout 86400s").items():
+        assert SLOW_RESPONSE in failed, f"{desc}: the slow response got through"
+        assert "504 Gateway Time-out after 60." in failed[SLOW_RESPONSE]
+
+
+@pytest.mark.parametrize(
+    ("proxy", "variant"),
+    [("nginx", "with gzip for text/event-stream"), ("caddy", "with encode gzip")],
+)
+def test_compression_reaches_event_streams(
+    measured: dict[str, Any], proxy: str, variant: str
+) -> None:
+    for desc, failed in fails(measured, proxy, variant).items():
+        assert "not compressed or cached" in failed, f"{desc}: the stream was not compressed"
