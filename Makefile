@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # Marker that the venv holds what pyproject.toml asks for.
 INSTALLED := $(VENV)/.installed
 
-.PHONY: serve site test check lint typecheck host images necessity clean
+.PHONY: serve site test check lint typecheck host images necessity tested-with bench clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ images: $(INSTALLED) host
 ## necessity: measure what each config line is for; rewrites data/necessity.json and generated/
 necessity: $(INSTALLED) host images
 	$(BIN)/python -m harness.necessity --write
+
+## tested-with: run every snippet on every proxy version; rewrites data/tested-with.json
+tested-with: $(INSTALLED) host images
+	scripts/run-pytest $(BIN)/pytest docs --write-tested-with
+
+## bench: added latency and concurrent streams per proxy; rewrites data/bench.json
+bench: $(INSTALLED) host images
+	$(BIN)/python -m harness.bench --write
 
 ## lint / typecheck: ruff and mypy over the Python code
 lint: $(INSTALLED)

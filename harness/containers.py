@@ -85,8 +85,11 @@ class Mount:
         return self.source, {"bind": self.target, "mode": "ro"}
 
 
-def _run_kwargs(image: str, command: list[str], mounts: list[Mount], role: str) -> dict[str, Any]:
+def _run_kwargs(
+    image: str, command: list[str], mounts: list[Mount], role: str, **extra: Any
+) -> dict[str, Any]:
     return {
+        **extra,
         "image": image,
         "command": command,
         # Host networking: the container's localhost:4242 is the host's
@@ -129,14 +132,16 @@ def running_container(
     ready: Callable[[], None],
     waiting_for: str,
     deadline: float = 30.0,
+    **extra: Any,
 ) -> Iterator[Container]:
     """Start a container and yield it once `ready()` stops raising.
 
     `ready` is the real readiness signal (a handshake, a response); it is
     polled until the deadline. The container is removed on the way out,
-    whether the test passed, failed, or was interrupted.
+    whether the test passed, failed, or was interrupted. `extra` goes to
+    Docker as it is (environment, extra_hosts, ...).
     """
-    container = client.containers.create(**_run_kwargs(image, command, mounts, role))
+    container = client.containers.create(**_run_kwargs(image, command, mounts, role, **extra))
     try:
         container.start()
         give_up = time.monotonic() + deadline

@@ -11,9 +11,12 @@ fast ones through the same proxy.
 
 from __future__ import annotations
 
+import socket
+import ssl
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -246,6 +249,83 @@ def check_https(endpoint: Endpoint, mock: MockDorkOS) -> str:
     return f"{version}, certificate for {names}, /api/health 200 over HTTPS"
 
 
+def tls_handshake_at(target: Target, version: ssl.TLSVersion, alpn: list[str]) -> str | None:
+    """The protocol ALPN chose, if a handshake at exactly `version` succeeds; else None.
+
+    Probes whether the server offers a version, so it verifies nothing and
+    lowers OpenSSL's security level: TLS 1.0 and 1.1 would not even be tried
+    at the default one, and a refusal must be the server's.
+    """
+    host, port = target.base_url.split("://", 1)[1].rsplit(":", 1)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.0/1.1, on purpose
+        context.minimum_version = context.maximum_version = version
+    context.set_ciphers("ALL:@SECLEVEL=0")
+    context.set_alpn_protocols(alpn)
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname=target.server_name) as tls:
+                return tls.selected_alpn_protocol() or "none"
+        except ssl.SSLError:
+            return None
+
+
+# What the Reverse Proxy page says about HTTP/2 for each proxy's configs.
+HTTP2_ON = {"caddy": True, "nginx": False}
+OLD_TLS = (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1)
+CURRENT_TLS = (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)
+
+
+def check_tls_versions(endpoint: Endpoint, mock: MockDorkOS) -> str:
+    """TLS 1.0 and 1.1 refused, 1.2 and 1.3 offered; reports whether HTTP/2 is on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        names = {v: v.name.replace("v", " ").replace("_", ".") for v in (*OLD_TLS, *CURRENT_TLS)}
+        accepted = {
+            v: tls_handshake_at(endpoint.target, v, ["h2", "http/1.1"])
+            for v in (*OLD_TLS, *CURRENT_TLS)
+        }
+    old = [names[v] for v in OLD_TLS if accepted[v] is not None]
+    missing = [names[v] for v in CURRENT_TLS if accepted[v] is None]
+    if old or missing:
+        raise violation(
+            endpoint,
+            f"TLS versions: accepted {old or 'no old version'}, refused {missing or 'none'}; "
+            f"expected TLS 1.0 and 1.1 refused, TLS 1.2 and 1.3 offered",
+        )
+    http2 = accepted[ssl.TLSVersion.TLSv1_3] == "h2"
+    if http2 != HTTP2_ON[endpoint.proxy]:
+        raise violation(
+            endpoint,
+            f"HTTP/2 is {'on' if http2 else 'off'} (ALPN chose "
+            f"{accepted[ssl.TLSVersion.TLSv1_3]!r}); the page says it is "
+            f"{'on' if HTTP2_ON[endpoint.proxy] else 'off'} for {endpoint.proxy}",
+        )
+    return f"TLS 1.0/1.1 refused, 1.2/1.3 offered; HTTP/2 {'on' if http2 else 'off'}"
+
+
+def check_http_redirects_to_https(endpoint: Endpoint, mock: MockDorkOS) -> str:
+    """Port 80 sends browsers to the HTTPS site (Caddy does it, certbot adds it)."""
+    response = httpx.get(
+        "http://127.0.0.1:80/api/health?from=http",
+        headers={"Host": SERVER_NAME},
+        follow_redirects=False,
+        timeout=10,
+    )
+    location = response.headers.get("Location", "")
+    expected = f"https://{SERVER_NAME}/api/health?from=http"
+    if response.status_code not in (301, 308) or location != expected:
+        raise violation(
+            endpoint,
+            f"http://{SERVER_NAME}/api/health?from=http answered {response.status_code} "
+            f"with Location {location!r}; expected a permanent redirect to {expected}",
+        )
+    return f"{response.status_code} to {location}"
+
+
 def _closed_after(endpoint: Endpoint, mock: MockDorkOS, path: str, since: float) -> float:
     """Seconds from `since` until the upstream saw the stream's connection close."""
     (record,) = mock.requests_to(path)
@@ -453,6 +533,7 @@ PROPERTIES = (
     Property("events-in-real-time", check_realtime),
     Property("forwarded-headers", check_forwarded_headers),
     Property("https", check_https),
+    Property("tls-1.2-and-1.3-only", check_tls_versions),
     Property("idle-stream-survives", check_idle_stream_survives, slow=True),
     Property("slow-first-byte", check_slow_first_byte, slow=True),
     Property("disconnect-reaches-upstream", check_disconnect),

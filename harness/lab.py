@@ -10,10 +10,13 @@ from pathlib import Path
 import docker
 from docker.models.containers import Container
 
+from harness.acme import AcmeDirectory, pebble
+from harness.certbot_flow import CertbotResult, certbot_nginx
 from harness.containers import docker_client, sweep_leftovers
-from harness.images import ProxyImage, selected_images
+from harness.images import CERTBOT_NGINX_IMAGE, PEBBLE_IMAGE, ProxyImage, selected_images
 from harness.mock_dorkos import MockDorkOS, MockSettings
-from harness.proxies import RunningProxy, run_proxy, serving
+from harness.proxies import RunningProxy, proxy_version, run_proxy, serving
+from harness.tested_with import Outcome
 from harness.tls import TestCA
 
 
@@ -24,7 +27,23 @@ class ProxyLab:
     ca: TestCA
     workdir: Path
     images: tuple[ProxyImage, ...]
+    # Services started on first use and stopped with the lab.
+    services: contextlib.ExitStack
+    # Every property's outcome, for the Tested-with table.
+    outcomes: list[Outcome] = field(default_factory=list)
+    # Rewrite generated files from this run instead of checking them.
+    update_generated: bool = False
     _tags: dict[str, str] = field(default_factory=dict)
+    _versions: dict[str, str] = field(default_factory=dict)
+    _acme: AcmeDirectory | None = None
+
+    def acme(self) -> AcmeDirectory:
+        """The ACME server on loopback, started on first use."""
+        if self._acme is None:
+            self._acme = self.services.enter_context(
+                pebble(self.client, self.tag(PEBBLE_IMAGE), self.workdir / "acme")
+            )
+        return self._acme
 
     def images_for(self, proxy: str) -> list[ProxyImage]:
         return [image for image in self.images if image.proxy == proxy]
@@ -34,13 +53,41 @@ class ProxyLab:
             self._tags[image.key] = image.ensure(self.client)
         return self._tags[image.key]
 
+    def version(self, image: ProxyImage) -> str:
+        if image.key not in self._versions:
+            self._versions[image.key] = proxy_version(self.client, image, self.tag(image))
+        return self._versions[image.key]
+
+    def record(self, snippet: str, image: ProxyImage, prop: str, passed: bool) -> None:
+        self.outcomes.append(
+            Outcome(
+                snippet, image.key, image.proxy, self.version(image), image.source, prop, passed
+            )
+        )
+
     @contextlib.contextmanager
-    def run(self, image: ProxyImage, snippet: Path) -> Iterator[RunningProxy]:
-        """Serve one published snippet on port 443."""
+    def run(
+        self, image: ProxyImage, snippet: Path, *, acme: bool = False
+    ) -> Iterator[RunningProxy]:
+        """Serve one published snippet on port 443.
+
+        With `acme`, the proxy gets its certificate from the ACME server
+        itself (Caddy's automatic HTTPS); otherwise from the test CA.
+        """
+        certificates = self.acme() if acme else self.ca
         with run_proxy(
-            self.client, image, self.tag(image), snippet, self.ca, self.workdir
+            self.client, image, self.tag(image), snippet, certificates, self.workdir
         ) as proxy:
             yield proxy
+
+    @contextlib.contextmanager
+    def certbot(self, snippet: Path, command: list[str]) -> Iterator[CertbotResult]:
+        """Serve a starting config and run the page's certbot command on it."""
+        image = CERTBOT_NGINX_IMAGE
+        with certbot_nginx(
+            self.client, image, self.tag(image), snippet, self.acme(), command
+        ) as result:
+            yield result
 
     @contextlib.contextmanager
     def serving(
@@ -54,11 +101,19 @@ class ProxyLab:
 
 
 @contextlib.contextmanager
-def proxy_lab(workdir: Path) -> Iterator[ProxyLab]:
+def proxy_lab(workdir: Path, *, update_generated: bool = False) -> Iterator[ProxyLab]:
     with contextlib.closing(docker_client()) as client:
         removed = sweep_leftovers(client)
         if removed:
             print(f"removed containers left by an earlier run: {', '.join(removed)}")
         ca = TestCA.create(workdir / "ca")
-        with MockDorkOS(MockSettings()) as mock:
-            yield ProxyLab(client, mock, ca, workdir, selected_images())
+        with MockDorkOS(MockSettings()) as mock, contextlib.ExitStack() as services:
+            yield ProxyLab(
+                client,
+                mock,
+                ca,
+                workdir,
+                selected_images(),
+                services,
+                update_generated=update_generated,
+            )

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -615,14 +616,27 @@ def main() -> None:
     parser.add_argument("--host", default=MockSettings.host)
     parser.add_argument("--port", type=int, default=MockSettings.port)
     parser.add_argument("--events-per-stream", type=int, default=5)
+    parser.add_argument("--event-interval", type=float, default=MockSettings.event_interval)
+    parser.add_argument("--snapshot-bytes", type=int, default=MockSettings.snapshot_bytes)
+    parser.add_argument(
+        "--heartbeat-interval", type=float, default=15.0, help="0 turns heartbeats off"
+    )
     args = parser.parse_args()
     settings = MockSettings(
-        host=args.host, port=args.port, events_per_stream=args.events_per_stream
+        host=args.host,
+        port=args.port,
+        events_per_stream=args.events_per_stream,
+        event_interval=args.event_interval,
+        snapshot_bytes=args.snapshot_bytes,
+        heartbeat_interval=args.heartbeat_interval or None,
     )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with MockDorkOS(settings):
+        # The line a parent process waits for before it sends traffic.
         print(f"mock DorkOS listening on http://{args.host}:{args.port}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
+            stop.wait()
 
 
 if __name__ == "__main__":

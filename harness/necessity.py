@@ -142,6 +142,10 @@ def measure_image(lab: ProxyLab, image: ProxyImage) -> dict[str, Any]:
 def _change(variant: Variant) -> str | None:
     if variant.removes is not None:
         return f"-{variant.removes}"
+    if variant.replaces is not None:
+        old, new = variant.replaces
+        added = [line.strip() for line in new if not line.startswith(old) and line != "}"]
+        return "+" + " ".join(added)
     if variant.adds:
         return "+" + " ".join(variant.adds)
     return None
@@ -213,7 +217,8 @@ WHAT_IT_DOES = {
     "proxy_send_timeout": "How long nginx waits between two writes to DorkOS (default 60 s).",
     "proxy_set_header Connection ''": "Sends DorkOS no `Connection: close`.",
     "chunked_transfer_encoding off": "Does not use chunked encoding towards the browser.",
-    "flush_interval -1": "Writes each piece of the response to the client at once.",
+    "flush_interval -1": "Writes each piece of the response to the client at once; on "
+    "Caddy 2.6 to 2.8 it also keeps the request to DorkOS open after the client leaves.",
     "gzip on;": "Compresses responses of the listed types.",
     "encode gzip": "Compresses responses.",
 }

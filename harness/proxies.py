@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import docker
 from docker.models.containers import Container
@@ -23,6 +24,13 @@ from harness.containers import Mount, log_tail, run_to_completion, running_conta
 from harness.images import ProxyImage
 from harness.sse_client import Target
 from harness.tls import SERVER_NAME, TestCA
+
+if TYPE_CHECKING:
+    from harness.acme import AcmeDirectory
+
+# Where a proxy's certificates come from: files made by the test CA, or an
+# ACME server the proxy asks itself.
+Certificates = Union[TestCA, "AcmeDirectory"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HTTPS_PORT = 443
@@ -63,7 +71,9 @@ def _relative(snippet: Path) -> str:
 _NGINX_CERT_DIRECTIVE = re.compile(r"^\s*(ssl_certificate(?:_key)?)\s+([^;\s]+)\s*;", re.MULTILINE)
 
 
-def nginx_launch(configs: list[Path], ca: TestCA, workdir: Path) -> ProxyLaunch:
+def nginx_launch(configs: list[Path], ca: Certificates, workdir: Path) -> ProxyLaunch:
+    if not isinstance(ca, TestCA):
+        raise TypeError("nginx gets ACME certificates through certbot (harness.certbot_flow)")
     in_container = {f"/etc/nginx/conf.d/{c.name}": c for c in configs}
     mounts = [Mount(str(c.resolve()), path) for path, c in in_container.items()]
     certificate_paths = {
@@ -85,24 +95,32 @@ def nginx_launch(configs: list[Path], ca: TestCA, workdir: Path) -> ProxyLaunch:
 _CADDY_WRAPPER = """\
 # Written by the test harness; the published snippet is imported unchanged.
 {{
-	# Issue certificates from the test CA instead of a public ACME CA.
+{global_options}
+}}
+
+{imports}
+"""
+# Issue certificates from the test CA instead of a public ACME CA.
+_CADDY_LOCAL_CA = """\
 	local_certs
 	skip_install_trust
 	pki {{
 		ca local {{
 			root {{
-				cert {root_cert}
-				key {root_key}
+				cert {dir}/test-ca.pem
+				key {dir}/test-ca.key
 			}}
 		}}
-	}}
-}}
+	}}"""
+# Get certificates from the ACME server on loopback, exactly as Caddy gets
+# them from Let's Encrypt: same protocol, real challenge validation.
+_CADDY_ACME = """\
+	acme_ca {url}
+	acme_ca_root {dir}/acme-directory-ca.pem
+	email {email}"""
 
-{imports}
-"""
 
-
-def caddy_launch(configs: list[Path], ca: TestCA, workdir: Path) -> ProxyLaunch:
+def caddy_launch(configs: list[Path], ca: Certificates, workdir: Path) -> ProxyLaunch:
     harness_dir = "/etc/dorkos-docs"
     # A published Caddyfile sits where the official image reads it; variants
     # made for measurements go beside the harness's own files.
@@ -111,10 +129,20 @@ def caddy_launch(configs: list[Path], ca: TestCA, workdir: Path) -> ProxyLaunch:
         for i, c in enumerate(configs)
     }
     wrapper = workdir / "harness.Caddyfile"
+    if isinstance(ca, TestCA):
+        global_options = _CADDY_LOCAL_CA.format(dir=harness_dir)
+        ca_mounts = [
+            Mount(str(ca.root_cert), f"{harness_dir}/test-ca.pem"),
+            Mount(str(ca.root_key), f"{harness_dir}/test-ca.key"),
+        ]
+    else:
+        global_options = _CADDY_ACME.format(
+            url=ca.url, dir=harness_dir, email=f"admin@{SERVER_NAME}"
+        )
+        ca_mounts = [Mount(str(ca.directory_ca), f"{harness_dir}/acme-directory-ca.pem")]
     wrapper.write_text(
         _CADDY_WRAPPER.format(
-            root_cert=f"{harness_dir}/test-ca.pem",
-            root_key=f"{harness_dir}/test-ca.key",
+            global_options=global_options,
             imports="\n".join(f"import {path}" for path in in_container),
         )
     )
@@ -123,8 +151,7 @@ def caddy_launch(configs: list[Path], ca: TestCA, workdir: Path) -> ProxyLaunch:
         mounts=[
             *(Mount(str(c.resolve()), path) for path, c in in_container.items()),
             Mount(str(wrapper), f"{harness_dir}/harness.Caddyfile"),
-            Mount(str(ca.root_cert), f"{harness_dir}/test-ca.pem"),
-            Mount(str(ca.root_key), f"{harness_dir}/test-ca.key"),
+            *ca_mounts,
         ],
         check_command=["caddy", "validate", *config],
         run_command=["caddy", "run", *config],
@@ -134,9 +161,25 @@ def caddy_launch(configs: list[Path], ca: TestCA, workdir: Path) -> ProxyLaunch:
 
 LAUNCHERS = {"nginx": nginx_launch, "caddy": caddy_launch}
 
+# What each proxy prints its exact version with, and how to find it there.
+VERSION_COMMANDS = {"nginx": ["nginx", "-v"], "caddy": ["caddy", "version"]}
+_VERSION = re.compile(r"(?:nginx/|^v?)(\d+\.\d+\.\d+)", re.MULTILINE)
 
-def https_target(ca: TestCA, port: int = HTTPS_PORT) -> Target:
-    return Target(f"https://127.0.0.1:{port}", SERVER_NAME, str(ca.root_cert))
+
+def proxy_version(client: docker.DockerClient, image: ProxyImage, tag: str) -> str:
+    code, output = run_to_completion(
+        client, tag, VERSION_COMMANDS[image.proxy], [], role=f"{image.key}-version"
+    )
+    found = _VERSION.search(output)
+    if code != 0 or found is None:
+        raise RuntimeError(f"could not read the version of {tag}: exit {code}, {output!r}")
+    return found.group(1)
+
+
+def https_target(ca: Certificates, port: int = HTTPS_PORT) -> Target:
+    """Where clients connect, trusting only the root that `ca` issues under."""
+    root = ca.root_cert if isinstance(ca, TestCA) else ca.issuing_root
+    return Target(f"https://127.0.0.1:{port}", SERVER_NAME, str(root))
 
 
 def tls_handshake(target: Target) -> ssl.SSLSocket:
@@ -175,7 +218,7 @@ def serving(
     image: ProxyImage,
     tag: str,
     configs: list[Path],
-    ca: TestCA,
+    ca: Certificates,
     workdir: Path,
     ports: list[int],
 ) -> Iterator[Container]:
@@ -217,7 +260,7 @@ def run_proxy(
     image: ProxyImage,
     tag: str,
     snippet: Path,
-    ca: TestCA,
+    ca: Certificates,
     workdir: Path,
 ) -> Iterator[RunningProxy]:
     """Serve one published snippet, byte for byte, on port 443."""

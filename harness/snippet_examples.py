@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import re
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from typing import Any
 from sybil import Document, Example, Region, Sybil
 from sybil.example import SybilFailure
 from sybil.parsers.markdown.lexers import RawFencedCodeBlockLexer
+
+from harness.images import ProxyImage
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SNIPPETS = REPO_ROOT / "snippets"
@@ -125,8 +127,10 @@ def docs_sybil() -> DocsSybil:
 
 
 @contextlib.contextmanager
-def reported_as(subtests: Any, example: Example, name: str) -> Iterator[None]:
-    """Report one property as its own result.
+def reported_as(
+    subtests: Any, example: Example, name: str, outcome: Callable[[bool], None]
+) -> Iterator[None]:
+    """Report one property as its own result, and pass its outcome on.
 
     Failures are re-raised as SybilFailure so pytest shows our message as it
     is (Sybil's traceback filter can't handle a subtest's traceback).
@@ -134,28 +138,41 @@ def reported_as(subtests: Any, example: Example, name: str) -> Iterator[None]:
     with subtests.test(msg=name):
         try:
             yield
-        except SybilFailure:
-            raise
         except AssertionError as error:
+            outcome(False)
             raise SybilFailure(example, str(error)) from error
         except Exception as error:
+            outcome(False)
             raise SybilFailure(example, "".join(traceback.format_exception(error))) from error
+        outcome(True)
 
 
 def evaluate_snippet(example: Example) -> None:
-    from harness.contract import PROPERTIES, run_contract
+    # Imported here: the flows need this module's SnippetInclude.
+    from harness import flows
+    from harness.contract import PROPERTIES, Property, run_contract
+    from harness.proxies import RunningProxy
 
     include: SnippetInclude = example.parsed
     lab = example.namespace["proxy_lab"]
     subtests = example.namespace["subtests"]
-    for image in lab.images_for(include.proxy):
+    for image in flows.images_for(lab, include):
+
+        def outcome(prop: str, image: ProxyImage = image) -> Callable[[bool], None]:
+            return lambda passed: lab.record(include.snippet_name, image, prop, passed)
+
         with contextlib.ExitStack() as stack:
-            proxy = None
-            with reported_as(subtests, example, f"{image.key}: accepts-config-and-starts"):
-                proxy = stack.enter_context(lab.run(image, include.snippet))
-            results = run_contract(proxy, lab.mock) if proxy is not None else {}
-            for prop in PROPERTIES:
-                with reported_as(subtests, example, f"{image.key}: {prop.name}"):
+            proxy: RunningProxy | None = None
+            extra: tuple[Property, ...] = ()
+            starts = "accepts-config-and-starts"
+            with reported_as(subtests, example, f"{image.key}: {starts}", outcome(starts)):
+                proxy, extra = stack.enter_context(flows.started(lab, include, image))
+            properties = (*PROPERTIES, *extra)
+            results = run_contract(proxy, lab.mock, properties) if proxy is not None else {}
+            for prop in properties:
+                with reported_as(
+                    subtests, example, f"{image.key}: {prop.name}", outcome(prop.name)
+                ):
                     if proxy is None:
                         raise AssertionError("not checked: the proxy did not start (see above)")
                     results[prop.name].result()

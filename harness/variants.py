@@ -25,21 +25,30 @@ class VariantError(ValueError):
 class Variant:
     name: str
     removes: str | None = None  # one directive, as written without its ';'
-    adds: tuple[str, ...] = field(default=())
+    adds: tuple[str, ...] = field(default=())  # lines for the top of the block
+    # One directive (as for `removes`) and the lines that take its place,
+    # e.g. to give Caddy's one-line reverse_proxy a block of subdirectives.
+    replaces: tuple[str, tuple[str, ...]] | None = None
+
+    def _line_of(self, directive: str, lines: list[str], proxy: str) -> int:
+        matching = [i for i, line in enumerate(lines) if _directive(line, proxy) == directive]
+        if len(matching) != 1:
+            raise VariantError(
+                f"variant {self.name!r}: expected one line {directive!r} in the "
+                f"snippet, found {len(matching)}"
+            )
+        return matching[0]
 
     def render(self, text: str, proxy: str, port: int) -> str:
         """The snippet with this change, serving HTTPS on `port` instead of 443."""
         lines = text.splitlines(keepends=True)
         if self.removes is not None:
-            matching = [
-                i for i, line in enumerate(lines) if _directive(line, proxy) == self.removes
-            ]
-            if len(matching) != 1:
-                raise VariantError(
-                    f"variant {self.name!r}: expected one line {self.removes!r} in the "
-                    f"snippet, found {len(matching)}"
-                )
-            del lines[matching[0]]
+            del lines[self._line_of(self.removes, lines, proxy)]
+        if self.replaces is not None:
+            old, new = self.replaces
+            at = self._line_of(old, lines, proxy)
+            indent = re.match(r"\s*", lines[at]).group(0)  # type: ignore[union-attr]
+            lines[at : at + 1] = [f"{indent}{line}\n" for line in new]
         if self.adds:
             anchor = _block_opening(lines, proxy)
             indent = re.match(r"\s*", lines[anchor + 1]).group(0)  # type: ignore[union-attr]
@@ -108,7 +117,17 @@ ADDITIONS = {
             "with gzip for text/event-stream", adds=("gzip on;", "gzip_types text/event-stream;")
         ),
     ),
-    "caddy": (Variant("with encode gzip", adds=("encode gzip",)),),
+    "caddy": (
+        # What other guides (and this page, once) recommend for event streams.
+        Variant(
+            "with flush_interval -1",
+            replaces=(
+                "reverse_proxy localhost:4242",
+                ("reverse_proxy localhost:4242 {", "\tflush_interval -1", "}"),
+            ),
+        ),
+        Variant("with encode gzip", adds=("encode gzip",)),
+    ),
 }
 
 

@@ -11,7 +11,9 @@ from harness.snippet_examples import REPO_ROOT, SNIPPETS, DocsError, SnippetIncl
 EXPECTED_EXAMPLES = {
     "docs/index.md": 0,
     "docs/how-it-is-tested.md": 0,
-    "docs/reverse-proxy.md": 2,
+    "docs/reverse-proxy.md": 3,
+    "docs/tested-with.md": 0,
+    "docs/what-it-costs.md": 0,
 }
 
 
@@ -38,7 +40,23 @@ def test_every_snippet_is_shown_and_run() -> None:
 
 def test_reverse_proxy_page_runs_each_proxy() -> None:
     found = [(i.proxy, i.snippet_name) for i in includes_on(REPO_ROOT / "docs/reverse-proxy.md")]
-    assert found == [("caddy", "snippets/caddy/Caddyfile"), ("nginx", "snippets/nginx/dorkos.conf")]
+    assert found == [
+        ("caddy", "snippets/caddy/Caddyfile"),
+        ("nginx", "snippets/nginx/dorkos.conf"),
+        ("nginx", "snippets/nginx/before-certbot.conf"),
+    ]
+
+
+def location_block(snippet: str) -> str:
+    text = (REPO_ROOT / snippet).read_text()
+    return text[text.index("location / {") :]
+
+
+def test_certbot_starting_config_proxies_like_the_main_one() -> None:
+    # Readers who follow the certbot path must end up with the same proxying.
+    assert location_block("snippets/nginx/before-certbot.conf") == location_block(
+        "snippets/nginx/dorkos.conf"
+    )
 
 
 def write_page(tmp_path: Path, body: str) -> Path:

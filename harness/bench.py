@@ -1,0 +1,370 @@
+"""What a config costs: added latency per event and concurrent streams.
+
+`python -m harness.bench` (make bench) serves each published HTTPS snippet on
+each proxy version, with the same containers as the tests, and opens 1, 100
+and 500 event streams through it at once (500 is DorkOS's own cap on its
+global stream). The mock DorkOS runs in a process of its own and stamps each
+event with its send time; the client notes the arrival time, so the added
+delay per event is arrival minus send. The same client connected to the
+mock directly gives the baseline: what the harness itself costs.
+
+It also checks that every event arrived exactly once, in order, and samples
+the proxy container's memory and CPU. Results go to data/bench.json and
+generated/bench.md, which the "What it costs" page shows. Numbers live here,
+never in the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from docker.models.containers import Container
+
+from harness.images import ProxyImage
+from harness.lab import ProxyLab, proxy_lab
+from harness.mock_dorkos import MockSettings
+from harness.proxies import HTTPS_PORT, REPO_ROOT, https_target
+from harness.tls import SERVER_NAME
+
+DATA_FILE = REPO_ROOT / "data" / "bench.json"
+TABLE_FILE = REPO_ROOT / "generated" / "bench.md"
+SNIPPETS = {"caddy": "snippets/caddy/Caddyfile", "nginx": "snippets/nginx/dorkos.conf"}
+LEVELS = (1, 100, 500)
+EVENTS_PER_STREAM = 20
+EVENT_INTERVAL_S = 0.5
+# Streams open over this many seconds, as tabs reconnecting would, not in
+# one burst of handshakes.
+RAMP_S = 2.0
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# -- the load client ----------------------------------------------------------
+
+
+@dataclass
+class StreamResult:
+    delays_ms: list[float] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)
+    error: str | None = None
+
+
+class _Dechunker:
+    """Undo HTTP/1.1 chunked framing incrementally (Caddy sends chunks)."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.remaining = 0  # bytes left in the current chunk
+        self.done = False  # the last (empty) chunk was read
+
+    def feed(self, data: bytes) -> bytes:
+        self.buffer += data
+        out = b""
+        while self.buffer and not self.done:
+            if self.remaining < 0:  # the CRLF after a chunk's data
+                if len(self.buffer) < 2:
+                    break
+                self.buffer, self.remaining = self.buffer[2:], 0
+                continue
+            if self.remaining > 0:
+                take = self.buffer[: self.remaining]
+                out += take
+                self.buffer = self.buffer[len(take) :]
+                self.remaining -= len(take)
+                if self.remaining == 0:
+                    self.remaining = -1
+                continue
+            line_end = self.buffer.find(b"\r\n")
+            if line_end < 0:
+                break
+            self.remaining = int(self.buffer[:line_end].split(b";")[0], 16)
+            self.buffer = self.buffer[line_end + 2 :]
+            if self.remaining == 0:
+                self.done = True
+        return out
+
+
+async def _one_stream(
+    host: str, port: int, context: ssl.SSLContext | None, expected: int
+) -> StreamResult:
+    result = StreamResult()
+    path = f"/api/sessions/{uuid.uuid4()}/events"
+    try:
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=context, server_hostname=SERVER_NAME if context else None
+        )
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {SERVER_NAME}\r\nAccept: text/event-stream\r\n"
+            f"Cache-Control: no-cache\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
+        chunked = b"transfer-encoding: chunked" in head.lower()
+        dechunker, text = _Dechunker(), b""
+        while len(result.seqs) < expected:
+            data = await asyncio.wait_for(reader.read(65536), EVENT_INTERVAL_S * 4 + 5)
+            if not data:
+                raise RuntimeError(f"stream closed after {len(result.seqs)} events")
+            arrived = time.monotonic()
+            text += dechunker.feed(data) if chunked else data
+            *frames, text = text.split(b"\n\n")
+            for frame in frames:
+                for line in frame.split(b"\n"):
+                    if line.startswith(b'data: {"seq"'):
+                        payload = json.loads(line[6:])
+                        result.seqs.append(payload["seq"])
+                        result.delays_ms.append((arrived - payload["sent"]) * 1000)
+        writer.close()
+    except Exception as error:  # reported per stream, counted in the results
+        result.error = f"{type(error).__name__}: {error}"
+    return result
+
+
+async def _many_streams(
+    host: str, port: int, context: ssl.SSLContext | None, count: int
+) -> list[StreamResult]:
+    async def delayed(index: int) -> StreamResult:
+        await asyncio.sleep(RAMP_S * index / count)
+        return await _one_stream(host, port, context, EVENTS_PER_STREAM)
+
+    return list(await asyncio.gather(*(delayed(i) for i in range(count))))
+
+
+# -- measuring ---------------------------------------------------------------
+
+
+@dataclass
+class LevelResult:
+    target: str
+    streams: int
+    events: int
+    failed_streams: int
+    first_error: str | None
+    exactly_once: bool
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    events_per_s: float
+    memory_mib: float | None
+    cpu_percent: float | None
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _stats(container: Container) -> dict[str, Any]:
+    stats: dict[str, Any] = container.stats(stream=False)  # type: ignore[assignment]
+    return stats
+
+
+def _cpu_seconds(container: Container | None) -> float | None:
+    if container is None:
+        return None
+    return float(_stats(container)["cpu_stats"]["cpu_usage"]["total_usage"]) / 1e9
+
+
+def _memory_mib(container: Container | None) -> float | None:
+    if container is None:
+        return None
+    return float(_stats(container)["memory_stats"].get("usage", 0)) / (1024 * 1024)
+
+
+def measure_level(
+    label: str,
+    host: str,
+    port: int,
+    context: ssl.SSLContext | None,
+    count: int,
+    container: Container | None,
+) -> LevelResult:
+    cpu_before = _cpu_seconds(container)
+    started = time.monotonic()
+    results = asyncio.run(_many_streams(host, port, context, count))
+    took = time.monotonic() - started
+    cpu_after = _cpu_seconds(container)
+    memory = _memory_mib(container)
+    delays = [d for r in results for d in r.delays_ms]
+    errors = [r.error for r in results if r.error]
+    exactly_once = all(
+        r.seqs == list(range(1, EVENTS_PER_STREAM + 1)) for r in results if not r.error
+    )
+    cpu = None if cpu_before is None or cpu_after is None else 100 * (cpu_after - cpu_before) / took
+    level = LevelResult(
+        target=label,
+        streams=count,
+        events=len(delays),
+        failed_streams=len(errors),
+        first_error=errors[0] if errors else None,
+        exactly_once=exactly_once,
+        p50_ms=round(statistics.median(delays), 2) if delays else float("nan"),
+        p99_ms=round(_percentile(delays, 0.99), 2),
+        max_ms=round(max(delays), 2) if delays else float("nan"),
+        events_per_s=round(len(delays) / took, 1),
+        memory_mib=None if memory is None else round(memory, 1),
+        cpu_percent=None if cpu is None else round(cpu, 1),
+    )
+    log(
+        f"{label}, {count} streams: p50 {level.p50_ms} ms, p99 {level.p99_ms} ms, "
+        f"max {level.max_ms} ms, {level.events_per_s} events/s, "
+        f"{level.failed_streams} failed, exactly once: {level.exactly_once}"
+    )
+    return level
+
+
+@contextlib.contextmanager
+def mock_process() -> Iterator[None]:
+    """The mock in a process of its own, so the client does not share its CPU time."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "harness.mock_dorkos",
+            "--port",
+            str(MockSettings.port),
+            "--events-per-stream",
+            str(EVENTS_PER_STREAM),
+            "--event-interval",
+            str(EVENT_INTERVAL_S),
+            "--snapshot-bytes",
+            "1024",
+            "--heartbeat-interval",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        ready = process.stdout.readline()  # its own "listening" line
+        if "listening" not in ready:
+            raise RuntimeError(f"the mock did not start (exit {process.poll()}): {ready!r}")
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _client_context(ca_file: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=ca_file)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def run(lab: ProxyLab, images: list[ProxyImage]) -> dict[str, Any]:
+    levels: list[LevelResult] = []
+    versions = {}
+    with mock_process():
+        for count in LEVELS:
+            levels.append(
+                measure_level(
+                    "direct to the mock (baseline)",
+                    "127.0.0.1",
+                    MockSettings.port,
+                    None,
+                    count,
+                    None,
+                )
+            )
+        for image in images:
+            snippet = REPO_ROOT / SNIPPETS[image.proxy]
+            versions[image.key] = lab.version(image)
+            label = f"{SNIPPETS[image.proxy]} on {image.proxy} {versions[image.key]}"
+            with lab.serving(image, [snippet], [HTTPS_PORT]) as container:
+                context = _client_context(https_target(lab.ca).ca_file or "")
+                for count in LEVELS:
+                    levels.append(
+                        measure_level(label, "127.0.0.1", HTTPS_PORT, context, count, container)
+                    )
+    return {
+        "run_on": datetime.date.today().isoformat(),
+        "machine": _machine(),
+        "events_per_stream": EVENTS_PER_STREAM,
+        "event_interval_s": EVENT_INTERVAL_S,
+        "versions": versions,
+        "levels": [asdict(level) for level in levels],
+    }
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({model}), {memory_gib:.0f} GiB, {platform.system()}"
+
+
+def render(data: dict[str, Any]) -> str:
+    lines = [
+        "<!-- Generated by `make bench` from data/bench.json; do not edit. -->",
+        "",
+        f"Run on {data['run_on']}, on {data['machine']}. Each stream carried "
+        f"{data['events_per_stream']} events, one every {data['event_interval_s']} s; "
+        f"latency is the delay each event gained between DorkOS and the browser.",
+        "",
+        "| Path | Streams | p50 | p99 | max | Events/s | Every event once | "
+        "Proxy memory | Proxy CPU |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for level in data["levels"]:
+        failed = level["failed_streams"]
+        once = "yes" if level["exactly_once"] and not failed else f"**no** ({failed} failed)"
+        memory = "" if level["memory_mib"] is None else f"{level['memory_mib']:.0f} MiB"
+        cpu = "" if level["cpu_percent"] is None else f"{level['cpu_percent']:.0f} %"
+        lines.append(
+            f"| {level['target']} | {level['streams']} | {level['p50_ms']:.1f} ms | "
+            f"{level['p99_ms']:.1f} ms | {level['max_ms']:.1f} ms | "
+            f"{level['events_per_s']:.0f} | {once} | {memory} | {cpu} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Measure what each config costs.")
+    parser.add_argument("--write", action="store_true", help="update data/bench.json")
+    args = parser.parse_args()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-") as work, proxy_lab(Path(work)) as lab:
+        # The lab's in-process mock would hold port 4242; the bench uses its own.
+        lab.mock.stop()
+        images = [i for i in lab.images if i.proxy in SNIPPETS]
+        data = run(lab, images)
+    print(render(data))
+    if args.write:
+        DATA_FILE.parent.mkdir(parents=True, exist_ok=True)
+        DATA_FILE.write_text(json.dumps(data, indent=2) + "\n")
+        TABLE_FILE.parent.mkdir(parents=True, exist_ok=True)
+        TABLE_FILE.write_text(render(data))
+        log(f"wrote {DATA_FILE.relative_to(REPO_ROOT)} and {TABLE_FILE.relative_to(REPO_ROOT)}")
+    log(f"done in {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

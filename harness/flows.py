@@ -1,0 +1,82 @@
+"""How each kind of published snippet is brought up before the contract runs.
+
+- A Caddyfile: Caddy gets its certificate by itself from the ACME server on
+  loopback, exactly as it would from Let's Encrypt; the contract then also
+  checks its HTTP-to-HTTPS redirect.
+- An nginx config that serves HTTPS: nginx with certificate files from the
+  test CA at the paths the config names.
+- An nginx config that serves plain HTTP only: the starting point the page
+  gives certbot. The page's own certbot command turns it into an HTTPS
+  config, and that is what the contract runs; renewal and the page's diff of
+  what certbot changed are checked too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from harness import certbot_flow
+from harness.contract import Property, check_http_redirects_to_https
+from harness.images import CERTBOT_NGINX_IMAGE, ProxyImage
+from harness.lab import ProxyLab
+from harness.proxies import RunningProxy
+from harness.snippet_examples import SnippetInclude
+
+REDIRECT = Property("http-redirects-to-https", check_http_redirects_to_https)
+_LISTENS_WITH_TLS = re.compile(r"^\s*listen\s+[^;]*\bssl\b", re.MULTILINE)
+
+
+def is_certbot_start(include: SnippetInclude) -> bool:
+    return include.proxy == "nginx" and not _LISTENS_WITH_TLS.search(include.snippet.read_text())
+
+
+def images_for(lab: ProxyLab, include: SnippetInclude) -> list[ProxyImage]:
+    if is_certbot_start(include):
+        return [CERTBOT_NGINX_IMAGE]  # certbot --nginx as Debian packages it
+    return lab.images_for(include.proxy)
+
+
+@contextlib.contextmanager
+def started(
+    lab: ProxyLab, include: SnippetInclude, image: ProxyImage
+) -> Iterator[tuple[RunningProxy, tuple[Property, ...]]]:
+    """The running proxy, and the properties this kind of snippet adds."""
+    if include.proxy == "caddy":
+        with lab.run(image, include.snippet, acme=True) as proxy:
+            yield proxy, (REDIRECT,)
+    elif is_certbot_start(include):
+        command = certbot_flow.page_command(include.page)
+        with lab.certbot(include.snippet, command) as result:
+            yield (
+                result.proxy,
+                (
+                    REDIRECT,
+                    Property("certbot-renew-dry-run", lambda e, m: _renews(result)),
+                    Property("certbot-diff-on-page", lambda e, m: _diff_is_current(result, lab)),
+                ),
+            )
+    else:
+        with lab.run(image, include.snippet) as proxy:
+            yield proxy, ()
+
+
+def _renews(result: certbot_flow.CertbotResult) -> str:
+    output = result.renew_dry_run()
+    if "all simulated renewals succeeded" not in output.lower():
+        raise AssertionError(f"certbot renew --dry-run did not report success:\n{output}")
+    return "certbot renew --dry-run: all simulated renewals succeeded"
+
+
+def _diff_is_current(result: certbot_flow.CertbotResult, lab: ProxyLab) -> str:
+    path: Path = certbot_flow.DIFF_FILE
+    if lab.update_generated:
+        path.write_text(result.diff)
+    if not path.is_file() or path.read_text() != result.diff:
+        raise AssertionError(
+            f"{path.name}, shown on the page, is not what certbot changed in this run; "
+            f"run `make tested-with` and commit it. This run's diff:\n{result.diff}"
+        )
+    return f"{path.name} matches this run"

@@ -1,0 +1,37 @@
+"""The Tested-with table describes the snippets the pages show today."""
+
+from __future__ import annotations
+
+from harness import tested_with
+from harness.contract import PROPERTIES
+from harness.images import LOCAL_IMAGES
+from harness.proxies import REPO_ROOT
+from harness.snippet_examples import SNIPPETS
+
+REGENERATE = "run `make tested-with` and commit data/tested-with.json and generated/"
+
+
+def test_table_was_made_from_the_current_snippets() -> None:
+    recorded = tested_with.load()["snippets"]
+    on_disk = {str(p.relative_to(REPO_ROOT)) for p in SNIPPETS.rglob("*") if p.is_file()}
+    assert set(recorded) == on_disk, f"snippets added or removed since the table; {REGENERATE}"
+    changed = [s for s, digest in recorded.items() if tested_with.snippet_hash(s) != digest]
+    assert changed == [], f"changed since the table was made: {changed}; {REGENERATE}"
+
+
+def test_table_covers_every_version_and_property() -> None:
+    outcomes = tested_with.load()["outcomes"]
+    assert {i.key for i in LOCAL_IMAGES} <= {o["image"] for o in outcomes}, REGENERATE
+    expected = {"accepts-config-and-starts", *(p.name for p in PROPERTIES)}
+    for snippet in tested_with.load()["snippets"]:
+        for image in {o["image"] for o in outcomes if o["snippet"] == snippet}:
+            props = {o["prop"] for o in outcomes if (o["snippet"], o["image"]) == (snippet, image)}
+            assert expected <= props, f"{snippet} on {image}: {expected - props}; {REGENERATE}"
+
+
+def test_rendered_table_matches_its_data() -> None:
+    assert tested_with.TABLE_FILE.read_text() == tested_with.render(tested_with.load()), (
+        f"{tested_with.TABLE_FILE.name} was edited by hand; {REGENERATE}"
+    )
+    page = (REPO_ROOT / "docs" / "tested-with.md").read_text()
+    assert '--8<-- "generated/tested-with.md"' in page

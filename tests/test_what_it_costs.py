@@ -1,0 +1,47 @@
+"""The "What it costs" page shows the committed benchmark, whole.
+
+The numbers themselves come from `make bench`, never from a test: these
+only check that the page's table is the one the data says, and that the
+data covers what the page claims to measure.
+"""
+
+from __future__ import annotations
+
+import json
+
+from harness import bench
+from harness.images import LOCAL_IMAGES
+
+
+def committed() -> dict[str, object]:
+    data: dict[str, object] = json.loads(bench.DATA_FILE.read_text())
+    return data
+
+
+def test_page_table_is_rendered_from_the_data() -> None:
+    assert bench.TABLE_FILE.read_text() == bench.render(committed()), (
+        "generated/bench.md was edited by hand; run `make bench`"
+    )
+
+
+def test_data_covers_every_proxy_version_and_level() -> None:
+    data = committed()
+    levels = data["levels"]
+    assert isinstance(levels, list)
+    measured = {(level["target"].split(" on ")[-1], level["streams"]) for level in levels}
+    versions = data["versions"]
+    assert isinstance(versions, dict)
+    for image in LOCAL_IMAGES:
+        assert image.key in versions, f"{image.key} is not in the benchmark; run `make bench`"
+        for count in bench.LEVELS:
+            assert (f"{image.proxy} {versions[image.key]}", count) in measured
+    baseline = {level["streams"] for level in levels if "baseline" in level["target"]}
+    assert baseline == set(bench.LEVELS)
+
+
+def test_bench_client_undoes_chunking_across_any_split() -> None:
+    raw = b"5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n"
+    for size in (1, 2, 3, 7, len(raw)):
+        dechunker = bench._Dechunker()
+        pieces = [raw[i : i + size] for i in range(0, len(raw), size)]
+        assert b"".join(dechunker.feed(piece) for piece in pieces) == b"helloabc"
