@@ -294,11 +294,26 @@ def run(lab: ProxyLab, images: list[ProxyImage]) -> dict[str, Any]:
             snippet = REPO_ROOT / SNIPPETS[image.proxy]
             versions[image.key] = lab.version(image)
             label = f"{SNIPPETS[image.proxy]} on {image.proxy} {versions[image.key]}"
+            context = _client_context(https_target(lab.ca).ca_file or "")
             with lab.serving(image, [snippet], [HTTPS_PORT]) as container:
-                context = _client_context(https_target(lab.ca).ca_file or "")
                 for count in LEVELS:
                     levels.append(
                         measure_level(label, "127.0.0.1", HTTPS_PORT, context, count, container)
+                    )
+            if image.proxy == "nginx":
+                # A one-CPU server: nginx's `worker_processes auto` starts one
+                # worker, and Debian's worker_connections 768 is then the
+                # limit for everything, two connections per stream.
+                with lab.serving(image, [snippet], [HTTPS_PORT], cpuset_cpus="0") as container:
+                    levels.append(
+                        measure_level(
+                            f"{label}, 1 CPU",
+                            "127.0.0.1",
+                            HTTPS_PORT,
+                            context,
+                            max(LEVELS),
+                            container,
+                        )
                     )
     return {
         "run_on": datetime.date.today().isoformat(),

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker
 from docker.models.containers import Container
@@ -91,11 +92,11 @@ class ProxyLab:
 
     @contextlib.contextmanager
     def serving(
-        self, image: ProxyImage, configs: list[Path], ports: list[int]
+        self, image: ProxyImage, configs: list[Path], ports: list[int], **options: Any
     ) -> Iterator[Container]:
-        """Serve several configs (measurement variants) in one container."""
+        """Serve configs for measurements (variants, benchmark) in one container."""
         with serving(
-            self.client, image, self.tag(image), configs, self.ca, self.workdir, ports
+            self.client, image, self.tag(image), configs, self.ca, self.workdir, ports, **options
         ) as container:
             yield container
 

@@ -45,7 +45,7 @@ def test_rejected_config_names_file_and_line(
 ) -> None:
     snippet = tmp_path / ("broken.conf" if proxy == "nginx" else "Caddyfile")
     snippet.write_text(text)
-    (image,) = lab.images_for(proxy)
+    image = lab.images_for(proxy)[0]
     with pytest.raises(ConfigRejected) as rejected, lab.run(image, snippet):
         pass
     message = str(rejected.value)
@@ -55,7 +55,7 @@ def test_rejected_config_names_file_and_line(
 
 
 def test_container_is_removed_when_a_test_fails_inside(lab: ProxyLab) -> None:
-    (image,) = lab.images_for("nginx")
+    image = lab.images_for("nginx")[0]
     snippet = Path(__file__).parent.parent / "snippets/nginx/dorkos.conf"
     with pytest.raises(RuntimeError, match="a failing test"), lab.run(image, snippet) as proxy:
         assert proxy.container.name in leftover_containers(lab)

@@ -8,6 +8,7 @@ fails when that file no longer says what the suite measures.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -17,7 +18,9 @@ from harness.lab import ProxyLab
 from harness.proxies import REPO_ROOT
 from harness.variants import AS_PUBLISHED
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# The one measurement run (every variant on every proxy version, a minute of
+# silence each) takes about 70 s per version, inside the first test's time.
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 PAGE = REPO_ROOT / "docs" / "reverse-proxy.md"
 
@@ -92,8 +95,9 @@ def test_events_held_back_by_nginx_buffering(measured: dict[str, Any]) -> None:
 
 
 def test_caddy_streams_events_at_once_without_flush_interval(measured: dict[str, Any]) -> None:
-    """Caddy flushes text/event-stream by itself; flush_interval -1 is not what does it."""
-    for desc, failed in fails(measured, "caddy", "without flush_interval -1").items():
+    """Caddy flushes text/event-stream by itself; the Caddyfile has no flush_interval."""
+    assert "flush_interval" not in (REPO_ROOT / necessity.SNIPPETS["caddy"]).read_text()
+    for desc, failed in fails(measured, "caddy", AS_PUBLISHED).items():
         assert not [m for m in failed if m.startswith("real time")], f"{desc}: {failed}"
 
 
@@ -140,3 +144,28 @@ def test_encode_holds_events_back_on_caddy_26_only(measured: dict[str, Any]) -> 
     failed = fails(measured, "caddy", "with encode gzip")
     assert "real time (upstream sends X-Accel-Buffering: no)" in failed[CADDY_26]
     assert set(failed[CADDY_211]) == {"not compressed or cached"}
+
+
+def test_highlighted_lines_are_the_ones_measured_to_matter() -> None:
+    """The page highlights "the lines DorkOS measurably depends on"."""
+    fence = re.search(
+        r'hl_lines="([^"]+)"\n\s*--8<-- "snippets/nginx/dorkos.conf"', PAGE.read_text()
+    )
+    assert fence, "the nginx config's fence on the page has no hl_lines"
+    highlighted = set()
+    for part in fence.group(1).split():
+        first, _, last = part.partition("-")
+        highlighted |= set(range(int(first), int(last or first) + 1))
+    lines = (REPO_ROOT / "snippets/nginx/dorkos.conf").read_text().splitlines()
+    mattering = {
+        lines.index(next(line for line in lines if line.strip() == f"{directive};")) + 1
+        for run in necessity.load()["runs"]
+        if run["snippet"] == "snippets/nginx/dorkos.conf"
+        for v in run["variants"]
+        if v["fails"] and (change := v["change"] or "").startswith("-")
+        for directive in [change[1:]]
+    }
+    assert highlighted == mattering, (
+        f"highlighted lines {sorted(highlighted)}; lines whose removal broke something "
+        f"{sorted(mattering)}"
+    )
