@@ -300,21 +300,6 @@ def run(lab: ProxyLab, images: list[ProxyImage]) -> dict[str, Any]:
                     levels.append(
                         measure_level(label, "127.0.0.1", HTTPS_PORT, context, count, container)
                     )
-            if image.proxy == "nginx":
-                # A one-CPU server: nginx's `worker_processes auto` starts one
-                # worker, and Debian's worker_connections 768 is then the
-                # limit for everything, two connections per stream.
-                with lab.serving(image, [snippet], [HTTPS_PORT], cpuset_cpus="0") as container:
-                    levels.append(
-                        measure_level(
-                            f"{label}, 1 CPU",
-                            "127.0.0.1",
-                            HTTPS_PORT,
-                            context,
-                            max(LEVELS),
-                            container,
-                        )
-                    )
     return {
         "run_on": datetime.date.today().isoformat(),
         "machine": _machine(),

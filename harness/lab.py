@@ -6,7 +6,6 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import docker
 from docker.models.containers import Container
@@ -92,11 +91,11 @@ class ProxyLab:
 
     @contextlib.contextmanager
     def serving(
-        self, image: ProxyImage, configs: list[Path], ports: list[int], **options: Any
+        self, image: ProxyImage, configs: list[Path], ports: list[int]
     ) -> Iterator[Container]:
         """Serve configs for measurements (variants, benchmark) in one container."""
         with serving(
-            self.client, image, self.tag(image), configs, self.ca, self.workdir, ports, **options
+            self.client, image, self.tag(image), configs, self.ca, self.workdir, ports
         ) as container:
             yield container
 

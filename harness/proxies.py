@@ -15,7 +15,7 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Union
 
 import docker
 from docker.models.containers import Container
@@ -221,12 +221,10 @@ def serving(
     ca: Certificates,
     workdir: Path,
     ports: list[int],
-    **container_options: Any,
 ) -> Iterator[Container]:
     """Check config files with the proxy's own validator, then serve them.
 
     Yields once every port in `ports` completes a verified TLS handshake.
-    `container_options` go to Docker (e.g. cpuset_cpus for the benchmark).
     """
     launch = LAUNCHERS[image.proxy](configs, ca, workdir)
     code, output = run_to_completion(
@@ -252,7 +250,6 @@ def serving(
         ready=handshakes_succeed,
         waiting_for=f"a TLS handshake for {SERVER_NAME} on 127.0.0.1 port(s) "
         f"{', '.join(map(str, ports))} that verifies against the test CA",
-        **container_options,
     ) as container:
         yield container
 
