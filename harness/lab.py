@@ -10,14 +10,14 @@ from pathlib import Path
 import docker
 from docker.models.containers import Container
 
-from harness.acme import AcmeDirectory, pebble
+from harness.acme import AcmeDirectory, AcmeStepFailed, pebble
 from harness.certbot_flow import CertbotResult, certbot_nginx
-from harness.containers import docker_client, sweep_leftovers
+from harness.containers import ContainerFailed, docker_client, sweep_leftovers
 from harness.images import CERTBOT_NGINX_IMAGE, PEBBLE_IMAGE, ProxyImage, selected_images
 from harness.mock_dorkos import MockDorkOS, MockSettings
 from harness.proxies import RunningProxy, proxy_version, run_proxy, serving
 from harness.tested_with import Outcome
-from harness.tls import TestCA
+from harness.tls import SERVER_NAME, TestCA
 
 
 @dataclass
@@ -75,10 +75,19 @@ class ProxyLab:
         itself (Caddy's automatic HTTPS); otherwise from the test CA.
         """
         certificates = self.acme() if acme else self.ca
-        with run_proxy(
-            self.client, image, self.tag(image), snippet, certificates, self.workdir
-        ) as proxy:
-            yield proxy
+        try:
+            with run_proxy(
+                self.client, image, self.tag(image), snippet, certificates, self.workdir
+            ) as proxy:
+                yield proxy
+        except ContainerFailed as error:
+            if not acme:
+                raise
+            # Most likely the certificate never came: show the CA's side too.
+            raise AcmeStepFailed(
+                f"ACME step `obtain a certificate for {SERVER_NAME}` did not complete:\n{error}\n"
+                f"--- ACME server log (last lines) ---\n{self.acme().log_tail()}"
+            ) from error
 
     @contextlib.contextmanager
     def certbot(self, snippet: Path, command: list[str]) -> Iterator[CertbotResult]:

@@ -249,7 +249,8 @@ def serving(
         role=image.key,
         ready=handshakes_succeed,
         waiting_for=f"a TLS handshake for {SERVER_NAME} on 127.0.0.1 port(s) "
-        f"{', '.join(map(str, ports))} that verifies against the test CA",
+        f"{', '.join(map(str, ports))} that verifies against "
+        + ("the test CA" if isinstance(ca, TestCA) else "the ACME server's issuing root"),
     ) as container:
         yield container
 
