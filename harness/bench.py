@@ -40,12 +40,11 @@ from docker.models.containers import Container
 from harness.images import ProxyImage
 from harness.lab import ProxyLab, proxy_lab
 from harness.mock_dorkos import MockSettings
-from harness.proxies import HTTPS_PORT, REPO_ROOT, https_target
+from harness.proxies import HTTPS_PORT, RECOMMENDED_SNIPPETS, REPO_ROOT, https_target
 from harness.tls import SERVER_NAME
 
 DATA_FILE = REPO_ROOT / "data" / "bench.json"
 TABLE_FILE = REPO_ROOT / "generated" / "bench.md"
-SNIPPETS = {"caddy": "snippets/caddy/Caddyfile", "nginx": "snippets/nginx/dorkos.conf"}
 LEVELS = (1, 100, 500)
 EVENTS_PER_STREAM = 20
 EVENT_INTERVAL_S = 0.5
@@ -291,9 +290,9 @@ def run(lab: ProxyLab, images: list[ProxyImage]) -> dict[str, Any]:
                 )
             )
         for image in images:
-            snippet = REPO_ROOT / SNIPPETS[image.proxy]
+            snippet = REPO_ROOT / RECOMMENDED_SNIPPETS[image.proxy]
             versions[image.key] = lab.version(image)
-            label = f"{SNIPPETS[image.proxy]} on {image.proxy} {versions[image.key]}"
+            label = f"{RECOMMENDED_SNIPPETS[image.proxy]} on {image.proxy} {versions[image.key]}"
             context = _client_context(https_target(lab.ca).ca_file or "")
             with lab.serving(image, [snippet], [HTTPS_PORT]) as container:
                 for count in LEVELS:
@@ -354,7 +353,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-") as work, proxy_lab(Path(work)) as lab:
         # The lab's in-process mock would hold port 4242; the bench uses its own.
         lab.mock.stop()
-        images = [i for i in lab.images if i.proxy in SNIPPETS]
+        images = [i for i in lab.images if i.proxy in RECOMMENDED_SNIPPETS]
         data = run(lab, images)
     print(render(data))
     if args.write:

@@ -56,7 +56,7 @@ CLIENT_IP = "127.0.0.1"
 #   fails its Origin check without `https` here;
 # - X-Forwarded-For: the client address DorkOS logs and rate-limits by.
 # nginx's snippet also sets X-Real-IP; Caddy sets the X-Forwarded-* headers
-# by default and X-Real-IP not at all.
+# by default (X-Forwarded-Host too, as the page says) and X-Real-IP not at all.
 EXPECTED_FORWARDED_HEADERS = {
     "nginx": {
         "Host": SERVER_NAME,
@@ -68,6 +68,7 @@ EXPECTED_FORWARDED_HEADERS = {
         "Host": SERVER_NAME,
         "X-Forwarded-For": CLIENT_IP,
         "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": SERVER_NAME,
     },
 }
 

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 Certificates = Union[TestCA, "AcmeDirectory"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Each proxy's recommended HTTPS config: what the measurements and the
+# benchmark run.
+RECOMMENDED_SNIPPETS = {"nginx": "snippets/nginx/dorkos.conf", "caddy": "snippets/caddy/Caddyfile"}
 HTTPS_PORT = 443
 
 

@@ -24,8 +24,8 @@ from sybil.example import SybilFailure
 from sybil.parsers.markdown.lexers import RawFencedCodeBlockLexer
 
 from harness.images import ProxyImage
+from harness.proxies import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SNIPPETS = REPO_ROOT / "snippets"
 
 # Languages whose fenced blocks are proxy configs and so must be includes.

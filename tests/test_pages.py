@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.snippet_examples import REPO_ROOT, SNIPPETS, DocsError, SnippetInclude, docs_sybil
+from harness.proxies import REPO_ROOT
+from harness.snippet_examples import SNIPPETS, DocsError, SnippetInclude, docs_sybil
 
 # How many snippet examples each page yields. A parser that silently matched
 # nothing would make every proxy test vanish; this makes it fail instead.

@@ -15,7 +15,7 @@ import pytest
 
 from harness import necessity
 from harness.lab import ProxyLab
-from harness.proxies import REPO_ROOT
+from harness.proxies import RECOMMENDED_SNIPPETS, REPO_ROOT
 from harness.variants import AS_PUBLISHED
 
 # The one measurement run (every variant on every proxy version, a minute of
@@ -35,7 +35,7 @@ def fails(measured: dict[str, Any], proxy: str, variant: str) -> dict[str, dict[
     found = {
         run["description"]: v["fails"]
         for run in measured["runs"]
-        if run["snippet"] == necessity.SNIPPETS[proxy]
+        if run["snippet"] == RECOMMENDED_SNIPPETS[proxy]
         for v in run["variants"]
         if v["variant"] == variant
     }
@@ -96,7 +96,7 @@ def test_events_held_back_by_nginx_buffering(measured: dict[str, Any]) -> None:
 
 def test_caddy_streams_events_at_once_without_flush_interval(measured: dict[str, Any]) -> None:
     """Caddy flushes text/event-stream by itself; the Caddyfile has no flush_interval."""
-    assert "flush_interval" not in (REPO_ROOT / necessity.SNIPPETS["caddy"]).read_text()
+    assert "flush_interval" not in (REPO_ROOT / RECOMMENDED_SNIPPETS["caddy"]).read_text()
     for desc, failed in fails(measured, "caddy", AS_PUBLISHED).items():
         assert not [m for m in failed if m.startswith("real time")], f"{desc}: {failed}"
 
