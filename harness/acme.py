@@ -1,10 +1,11 @@
 """A real ACME server on loopback, so "Let's Encrypt" can be tested offline.
 
 pebble (Debian's package) is a small ACME server built for exactly this.
-It validates challenges for real: it resolves dorkos.example.com (a hosts
-entry in its container points it at 127.0.0.1) and fetches the HTTP-01
-token from port 80, or does the TLS-ALPN-01 handshake on port 443, where the
-proxy under test listens.
+It validates challenges for real: it resolves dorkos.example.com (the run's
+private network points it at 127.0.0.1) and fetches the HTTP-01 token from
+port 80, or does the TLS-ALPN-01 handshake on port 443, where the proxy
+under test listens. Each run gets its own pebble, started first, in its own
+private network.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import trustme
 from docker.models.containers import Container
 
 from harness.containers import Mount, log_tail, running_container
-from harness.tls import SERVER_NAME
+from harness.netns import PrivateNetwork
 
 DIRECTORY_PORT = 14000
 MANAGEMENT_PORT = 15000
@@ -61,7 +62,9 @@ def _https_get(url: str, ca_file: Path) -> bytes:
 
 
 @contextlib.contextmanager
-def pebble(client: docker.DockerClient, tag: str, workdir: Path) -> Iterator[AcmeDirectory]:
+def pebble(
+    client: docker.DockerClient, tag: str, workdir: Path, network: PrivateNetwork
+) -> Iterator[AcmeDirectory]:
     workdir.mkdir(parents=True, exist_ok=True)
     # pebble serves its directory over HTTPS; Debian's package ships no
     # certificate for that, so make one with a CA of its own.
@@ -103,14 +106,16 @@ def pebble(client: docker.DockerClient, tag: str, workdir: Path) -> Iterator[Acm
         ["pebble", "-config", "/etc/pebble/config.json"],
         mounts,
         role="pebble",
+        network=network,
         ready=directory_answers,
         waiting_for=f"the ACME directory at {DIRECTORY_URL}",
         environment=PEBBLE_ENVIRONMENT,
-        extra_hosts={SERVER_NAME: "127.0.0.1"},
     ) as container:
         # The issuing root is made afresh at every start: fetch it now.
         issuing_root = workdir / "acme-issuing-root.pem"
         issuing_root.write_bytes(
-            _https_get(f"https://127.0.0.1:{MANAGEMENT_PORT}/roots/0", directory_ca_file)
+            network.call(
+                _https_get, f"https://127.0.0.1:{MANAGEMENT_PORT}/roots/0", directory_ca_file
+            )
         )
         yield AcmeDirectory(DIRECTORY_URL, directory_ca_file, issuing_root, container)

@@ -26,6 +26,7 @@ from docker.models.containers import Container
 from harness.acme import AcmeDirectory, AcmeStepFailed
 from harness.containers import Mount, log_tail, running_container
 from harness.images import ProxyImage
+from harness.netns import PrivateNetwork
 from harness.proxies import REPO_ROOT, RunningProxy, https_target, tls_handshake
 from harness.sse_client import Target
 from harness.tls import SERVER_NAME
@@ -111,6 +112,7 @@ def certbot_nginx(
     snippet: Path,
     acme: AcmeDirectory,
     command: list[str],
+    network: PrivateNetwork,
 ) -> Iterator[CertbotResult]:
     relative = str(snippet.relative_to(REPO_ROOT))
     in_nginx = f"/etc/nginx/conf.d/{snippet.name}"
@@ -127,13 +129,14 @@ def certbot_nginx(
         ["sh", "-c", start],
         mounts,
         role=image.key,
+        network=network,
         ready=_http_answers,
         waiting_for="nginx answering HTTP on 127.0.0.1:80 with the starting config",
     ) as container:
         _exec_step(container, non_interactive(command, acme), "certbot --nginx", acme)
         config_after = _exec_step(container, ["cat", in_nginx], "read the edited config", acme)
         target = https_target(acme)
-        _wait_for_tls(target, container)
+        network.call(_wait_for_tls, target, container)
         diff = "".join(
             difflib.unified_diff(
                 snippet.read_text().splitlines(keepends=True),
@@ -143,7 +146,7 @@ def certbot_nginx(
             )
         )
         label = f"{relative} after `certbot --nginx`"
-        proxy = RunningProxy(image, label, container, target)
+        proxy = RunningProxy(image, label, container, target, network)
         yield CertbotResult(proxy, config_after, diff, acme)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import time
@@ -14,6 +15,8 @@ from typing import Any
 import docker
 import docker.errors
 from docker.models.containers import Container
+
+from harness.netns import PrivateNetwork
 
 # Every container this project starts carries this label, so the leftovers of
 # a crashed run can be found and removed before the next run starts.
@@ -89,13 +92,12 @@ def _run_kwargs(
     image: str, command: list[str], mounts: list[Mount], role: str, **extra: Any
 ) -> dict[str, Any]:
     return {
+        # No network unless the caller gives one: a config check or a
+        # version query needs none.
+        "network_mode": "none",
         **extra,
         "image": image,
         "command": command,
-        # Host networking: the container's localhost:4242 is the host's
-        # loopback, exactly as the published configs say, and no bridge or
-        # private address range is ever needed.
-        "network_mode": "host",
         "volumes": dict(m.as_volume() for m in mounts),
         "labels": {LABEL: RUN_ID, f"{LABEL}.role": role},
         "name": f"dorkos-docs-{role}-{uuid.uuid4().hex[:8]}",
@@ -129,6 +131,7 @@ def running_container(
     mounts: list[Mount],
     *,
     role: str,
+    network: PrivateNetwork | None,
     ready: Callable[[], None],
     waiting_for: str,
     deadline: float = 30.0,
@@ -136,14 +139,25 @@ def running_container(
 ) -> Iterator[Container]:
     """Start a container and yield it once `ready()` stops raising.
 
-    `ready` is the real readiness signal (a handshake, a response); it is
-    polled until the deadline. The container is removed on the way out,
-    whether the test passed, failed, or was interrupted. `extra` goes to
-    Docker as it is (environment, extra_hosts, ...).
+    The container runs in `network` (the run's private loopback), or on the
+    machine's own network when that is None (the benchmark's choice).
+    `ready` is the real readiness signal (a handshake, a response), polled
+    inside that network until the deadline. The container is removed on the
+    way out, whether the test passed, failed, or was interrupted. `extra`
+    goes to Docker as it is (environment, ...).
     """
-    container = client.containers.create(**_run_kwargs(image, command, mounts, role, **extra))
+    networking = network.docker_options() if network else {"network_mode": "host"}
+    container = client.containers.create(
+        **_run_kwargs(image, command, mounts, role, **networking, **extra)
+    )
     try:
         container.start()
+        if network is not None:
+            # A container that exited at once has no namespace to enter;
+            # the loop below reports that with its log.
+            with contextlib.suppress(OSError, RuntimeError):
+                network.joined_by(container)
+            ready = functools.partial(network.call, ready)
         give_up = time.monotonic() + deadline
         last_error: Exception | None = None
         while True:

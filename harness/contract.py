@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import httpx
 
 from harness.mock_dorkos import MockDorkOS, RequestRecord
+from harness.netns import PrivateNetwork
 from harness.proxies import tls_handshake
 from harness.sse_client import Frame, Target, open_stream
 from harness.tls import SERVER_NAME
@@ -85,7 +86,19 @@ class Endpoint(Protocol):
     @property
     def target(self) -> Target: ...
 
+    @property
+    def network(self) -> PrivateNetwork | None: ...  # None: the machine's own
+
     def log_tail(self, lines: int = 30) -> str: ...
+
+
+Check = Callable[[Endpoint, MockDorkOS], str]
+
+
+def run_check(check: Check, endpoint: Endpoint, mock: MockDorkOS) -> str:
+    """Run one check from inside the endpoint's network, where its 127.0.0.1 is."""
+    network = endpoint.network
+    return check(endpoint, mock) if network is None else network.call(check, endpoint, mock)
 
 
 class ContractViolation(AssertionError):
@@ -524,7 +537,7 @@ def check_slow_first_byte(endpoint: Endpoint, mock: MockDorkOS) -> str:
 @dataclass(frozen=True)
 class Property:
     name: str
-    check: Callable[[Endpoint, MockDorkOS], str]
+    check: Check
     slow: bool = False
 
 
@@ -556,7 +569,7 @@ def run_contract(
     slow_pool = ThreadPoolExecutor(max_workers=len(properties), thread_name_prefix="slow")
     fast_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fast")
     futures = {
-        p.name: (slow_pool if p.slow else fast_pool).submit(p.check, endpoint, mock)
+        p.name: (slow_pool if p.slow else fast_pool).submit(run_check, p.check, endpoint, mock)
         for p in properties
     }
     slow_pool.shutdown(wait=False)

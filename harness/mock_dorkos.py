@@ -21,11 +21,15 @@ import contextlib
 import dataclasses
 import json
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.netns import PrivateNetwork
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 
@@ -123,8 +127,11 @@ class MockDorkOS:
     safe to use while the server runs.
     """
 
-    def __init__(self, settings: MockSettings | None = None) -> None:
+    def __init__(self, settings: MockSettings | None = None, *, listen: bool = True) -> None:
         self.settings = settings or MockSettings()
+        # Whether start() listens on settings.host:port here; without it,
+        # the mock serves only the private networks given to listening_in().
+        self.listen = listen
         self.port = self.settings.port  # the real one once listening (port 0: any)
         self.started_ms = int(time.time() * 1000)
         self.records: list[RequestRecord] = []
@@ -135,6 +142,7 @@ class MockDorkOS:
         self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._private_servers: list[asyncio.base_events.Server] = []
 
     # -- lifecycle -------------------------------------------------------
 
@@ -145,18 +153,19 @@ class MockDorkOS:
         def run() -> None:
             loop = asyncio.new_event_loop()
             self._loop = loop
-            try:
-                self._server = loop.run_until_complete(
-                    asyncio.start_server(
-                        self._handle, self.settings.host, self.settings.port, reuse_address=True
+            if self.listen:
+                try:
+                    self._server = loop.run_until_complete(
+                        asyncio.start_server(
+                            self._handle, self.settings.host, self.settings.port, reuse_address=True
+                        )
                     )
-                )
-            except BaseException as error:  # reported to the starting thread
-                failure.append(error)
-                ready.set()
-                loop.close()
-                return
-            self.port = self._server.sockets[0].getsockname()[1]
+                except BaseException as error:  # reported to the starting thread
+                    failure.append(error)
+                    ready.set()
+                    loop.close()
+                    return
+                self.port = self._server.sockets[0].getsockname()[1]
             ready.set()
             loop.run_forever()
             loop.close()
@@ -175,13 +184,39 @@ class MockDorkOS:
     def base_url(self) -> str:
         return f"http://{self.settings.host}:{self.port}"
 
+    @contextlib.contextmanager
+    def listening_in(self, network: PrivateNetwork) -> Iterator[None]:
+        """Also serve settings.host:port inside a run's private network."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the mock is not running")
+        address = (self.settings.host, self.settings.port)
+        try:
+            sock = network.call(socket.create_server, address)
+        except OSError as error:
+            raise RuntimeError(
+                f"the mock DorkOS upstream could not listen on {address[0]}:{address[1]} "
+                f"in {network.name}: {error}"
+            ) from error
+        server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, sock=sock), loop
+        ).result(timeout=10)
+        self._private_servers.append(server)
+        try:
+            yield
+        finally:
+            self._private_servers.remove(server)
+            loop.call_soon_threadsafe(server.close)
+
     def stop(self) -> None:
         loop, server = self._loop, self._server
-        if loop is None or server is None:
+        if loop is None:
             return
 
         async def shutdown() -> None:
-            server.close()
+            for listening in (server, *self._private_servers):
+                if listening is not None:
+                    listening.close()
             for writer in list(self._writers):
                 writer.close()
             for task in asyncio.all_tasks():

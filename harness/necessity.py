@@ -18,7 +18,6 @@ import datetime
 import functools
 import json
 import sys
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +25,10 @@ from typing import Any
 
 from harness import contract
 from harness.containers import log_tail
-from harness.contract import Endpoint
 from harness.images import ProxyImage
 from harness.lab import ProxyLab
 from harness.mock_dorkos import MockDorkOS
+from harness.netns import PrivateNetwork
 from harness.proxies import RECOMMENDED_SNIPPETS, REPO_ROOT, https_target
 from harness.sse_client import Target
 from harness.variants import AS_PUBLISHED, Variant, variants_for
@@ -44,7 +43,7 @@ FIRST_VARIANT_PORT = 10443
 @dataclass(frozen=True)
 class Measure:
     name: str
-    check: Callable[[Endpoint, MockDorkOS], str]
+    check: contract.Check
     slow: bool = False
     # For checks of conditions DorkOS does not create by default: when the
     # failure would show up for a reader. None means it shows up always.
@@ -95,6 +94,7 @@ class VariantEndpoint:
     proxy: str
     label: str
     target: Target
+    network: PrivateNetwork | None
     _container: Any
 
     def log_tail(self, lines: int = 30) -> str:
@@ -115,12 +115,13 @@ def measure_image(lab: ProxyLab, image: ProxyImage) -> dict[str, Any]:
         path.write_text(variant.render(text, image.proxy, port))
         files.append(path)
         ports.append(port)
-    with lab.serving(image, files, ports) as container:
+    with lab.serving(image, files, ports) as (container, network):
         endpoints = [
             VariantEndpoint(
                 image.proxy,
                 f"{RECOMMENDED_SNIPPETS[image.proxy]} {variant.name} on {image.description}",
                 https_target(lab.ca, port),
+                network,
                 container,
             )
             for variant, port in zip(variants, ports, strict=True)
@@ -158,7 +159,9 @@ def _run_all(endpoints: list[VariantEndpoint], mock: MockDorkOS) -> list[dict[st
     ):
         futures: list[dict[str, Future[str]]] = [
             {
-                m.name: (slow_pool if m.slow else fast_pool).submit(m.check, endpoint, mock)
+                m.name: (slow_pool if m.slow else fast_pool).submit(
+                    contract.run_check, m.check, endpoint, mock
+                )
                 for m in MEASURES
             }
             for endpoint in endpoints

@@ -22,6 +22,7 @@ from docker.models.containers import Container
 
 from harness.containers import Mount, log_tail, run_to_completion, running_container
 from harness.images import ProxyImage
+from harness.netns import PrivateNetwork
 from harness.sse_client import Target
 from harness.tls import SERVER_NAME, TestCA
 
@@ -56,11 +57,11 @@ class ProxyLaunch:
 
     def explain(self, output: str) -> str:
         for in_container, config in self.configs_in_container.items():
-            output = output.replace(in_container, _relative(config))
+            output = output.replace(in_container, relative(config))
         return output.rstrip()
 
 
-def _relative(snippet: Path) -> str:
+def relative(snippet: Path) -> str:
     """The path a contributor knows the file by."""
     resolved = snippet.resolve()
     return (
@@ -202,6 +203,7 @@ class RunningProxy:
     snippet: str  # path relative to the repository
     container: Container
     target: Target
+    network: PrivateNetwork
 
     @property
     def proxy(self) -> str:
@@ -224,10 +226,12 @@ def serving(
     ca: Certificates,
     workdir: Path,
     ports: list[int],
+    network: PrivateNetwork | None,
 ) -> Iterator[Container]:
     """Check config files with the proxy's own validator, then serve them.
 
-    Yields once every port in `ports` completes a verified TLS handshake.
+    Yields once every port in `ports` completes a verified TLS handshake
+    (inside `network`; None is the machine's own network).
     """
     launch = LAUNCHERS[image.proxy](configs, ca, workdir)
     code, output = run_to_completion(
@@ -235,7 +239,7 @@ def serving(
     )
     if code != 0:
         raise ConfigRejected(
-            f"{', '.join(_relative(c) for c in configs)}: {image.description} rejects "
+            f"{', '.join(relative(c) for c in configs)}: {image.description} rejects "
             f"this config ({' '.join(launch.check_command)} exited {code}):\n"
             + launch.explain(output)
         )
@@ -250,6 +254,7 @@ def serving(
         launch.run_command,
         launch.mounts,
         role=image.key,
+        network=network,
         ready=handshakes_succeed,
         waiting_for=f"a TLS handshake for {SERVER_NAME} on 127.0.0.1 port(s) "
         f"{', '.join(map(str, ports))} that verifies against "
@@ -266,7 +271,8 @@ def run_proxy(
     snippet: Path,
     ca: Certificates,
     workdir: Path,
+    network: PrivateNetwork,
 ) -> Iterator[RunningProxy]:
-    """Serve one published snippet, byte for byte, on port 443."""
-    with serving(client, image, tag, [snippet], ca, workdir, [HTTPS_PORT]) as container:
-        yield RunningProxy(image, _relative(snippet), container, https_target(ca))
+    """Serve one published snippet, byte for byte, on port 443 of `network`."""
+    with serving(client, image, tag, [snippet], ca, workdir, [HTTPS_PORT], network) as container:
+        yield RunningProxy(image, relative(snippet), container, https_target(ca), network)
