@@ -5,16 +5,19 @@ fixtures here are what every example shares for the whole run.
 """
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sybil.integration.pytest import SybilItem
 
-from harness import tested_with
-from harness.lab import ProxyLab
+from harness import flows, necessity, tested_with
+from harness.lab import ProxyLab, RunTiming
 from harness.lab import proxy_lab as open_proxy_lab
 from harness.snippet_examples import docs_sybil
 
 pytest_collect_file = docs_sybil().pytest()
+# Filled when the lab closes, for the summary at the end of the run.
+LAB_TIMINGS: list[RunTiming] = []
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -40,6 +43,37 @@ def proxy_lab(
 ) -> Iterator[ProxyLab]:
     update = request.config.getoption("--write-tested-with")
     with open_proxy_lab(tmp_path_factory.mktemp("proxy-lab"), update_generated=update) as lab:
+        # Start every run the collected tests will wait for, so that their
+        # minutes of silence overlap instead of adding up.
+        items = request.session.items
+        for item in items:
+            if isinstance(item, SybilItem):
+                flows.start_runs(lab, item.example.parsed)
+        if any("necessity_measured" in getattr(item, "fixturenames", ()) for item in items):
+            necessity.start(lab)
         yield lab
         if update:
             tested_with.write(lab.outcomes)
+    LAB_TIMINGS.extend(lab.timings)
+
+
+@pytest.fixture(scope="session")
+def necessity_measured(proxy_lab: ProxyLab) -> dict[str, Any]:
+    """What each line of the published configs is for, measured this run."""
+    return necessity.measure_all(proxy_lab)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Where the proxy runs' time went, for whoever wants the suite faster."""
+    if not LAB_TIMINGS:
+        return
+    startups = sorted(t.startup_s for t in LAB_TIMINGS)
+    slowest = max(LAB_TIMINGS, key=lambda t: t.startup_s)
+    longest = max(LAB_TIMINGS, key=lambda t: t.total_s)
+    terminalreporter.write_sep("-", "proxy runs")
+    terminalreporter.write_line(
+        f"{len(LAB_TIMINGS)} runs, side by side. Start-up (config check, container start, "
+        f"certificates, readiness): median {startups[len(startups) // 2]:.1f} s, "
+        f"slowest {slowest.startup_s:.1f} s ({slowest.label}). "
+        f"Longest run {longest.total_s:.0f} s ({longest.label})."
+    )

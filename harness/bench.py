@@ -296,7 +296,10 @@ def run(lab: ProxyLab, images: list[ProxyImage]) -> dict[str, Any]:
             context = _client_context(https_target(lab.ca).ca_file or "")
             # On the machine's own network: the bench's mock runs in a
             # process of its own there, so the client doesn't share its CPU.
-            with lab.serving(image, [snippet], [HTTPS_PORT], private=False) as (container, _):
+            with lab.serving(image, [snippet], [HTTPS_PORT], label=label, private=False) as (
+                container,
+                _,
+            ):
                 for count in LEVELS:
                     levels.append(
                         measure_level(label, "127.0.0.1", HTTPS_PORT, context, count, container)

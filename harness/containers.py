@@ -17,6 +17,7 @@ import docker.errors
 from docker.models.containers import Container
 
 from harness.netns import PrivateNetwork
+from harness.turns import setting_up
 
 # Every container this project starts carries this label, so the leftovers of
 # a crashed run can be found and removed before the next run starts.
@@ -50,7 +51,8 @@ def docker_client() -> docker.DockerClient:
                 ) from error
     client = None
     try:
-        client = docker.from_env(version="auto", timeout=120)
+        # Runs overlap: many threads talk to the engine at once.
+        client = docker.from_env(version="auto", timeout=120, max_pool_size=32)
         client.ping()
     except docker.errors.DockerException as error:
         if client is not None:
@@ -113,14 +115,15 @@ def run_to_completion(
     timeout: float = 60.0,
 ) -> tuple[int, str]:
     """Run a one-off command (e.g. a config check); its exit code and output."""
-    container = client.containers.create(**_run_kwargs(image, command, mounts, role))
-    try:
-        container.start()
-        result = container.wait(timeout=timeout)
-        return int(result["StatusCode"]), container.logs().decode(errors="replace")
-    finally:
-        with contextlib.suppress(docker.errors.NotFound):
-            container.remove(force=True)
+    with setting_up():
+        container = client.containers.create(**_run_kwargs(image, command, mounts, role))
+        try:
+            container.start()
+            result = container.wait(timeout=timeout)
+            return int(result["StatusCode"]), container.logs().decode(errors="replace")
+        finally:
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
 
 
 @contextlib.contextmanager
@@ -144,42 +147,57 @@ def running_container(
     `ready` is the real readiness signal (a handshake, a response), polled
     inside that network until the deadline. The container is removed on the
     way out, whether the test passed, failed, or was interrupted. `extra`
-    goes to Docker as it is (environment, ...).
+    goes to Docker as it is (environment, ...). Starting and removing it
+    wait for timed checks elsewhere to finish (harness.turns).
     """
     networking = network.docker_options() if network else {"network_mode": "host"}
-    container = client.containers.create(
-        **_run_kwargs(image, command, mounts, role, **networking, **extra)
-    )
+    container: Container | None = None
     try:
-        container.start()
-        if network is not None:
-            # A container that exited at once has no namespace to enter;
-            # the loop below reports that with its log.
-            with contextlib.suppress(OSError, RuntimeError):
-                network.joined_by(container)
-            ready = functools.partial(network.call, ready)
-        give_up = time.monotonic() + deadline
-        last_error: Exception | None = None
-        while True:
-            container.reload()
-            if container.status in ("exited", "dead"):
-                code = container.attrs["State"]["ExitCode"]
-                raise ContainerFailed(
-                    f"{role} container exited with code {code} while waiting for {waiting_for}.\n"
-                    f"Its log:\n{log_tail(container)}"
-                )
-            try:
-                ready()
-                break
-            except Exception as error:  # not ready yet; remember why
-                last_error = error
-            if time.monotonic() > give_up:
-                raise ContainerFailed(
-                    f"{role} container was not ready after {deadline:.0f} s: waited for "
-                    f"{waiting_for}; last attempt: {last_error!r}.\nIts log:\n{log_tail(container)}"
-                )
-            time.sleep(0.05)  # poll interval of the readiness signal above
+        with setting_up():
+            container = client.containers.create(
+                **_run_kwargs(image, command, mounts, role, **networking, **extra)
+            )
+            _start_and_wait(container, role, network, ready, waiting_for, deadline)
         yield container
     finally:
-        with contextlib.suppress(docker.errors.NotFound):
-            container.remove(force=True)
+        if container is not None:
+            with setting_up(), contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+
+
+def _start_and_wait(
+    container: Container,
+    role: str,
+    network: PrivateNetwork | None,
+    ready: Callable[[], None],
+    waiting_for: str,
+    deadline: float,
+) -> None:
+    container.start()
+    if network is not None:
+        # A container that exited at once has no namespace to enter;
+        # the loop below reports that with its log.
+        with contextlib.suppress(OSError, RuntimeError):
+            network.joined_by(container)
+        ready = functools.partial(network.call, ready)
+    give_up = time.monotonic() + deadline
+    last_error: Exception | None = None
+    while True:
+        container.reload()
+        if container.status in ("exited", "dead"):
+            code = container.attrs["State"]["ExitCode"]
+            raise ContainerFailed(
+                f"{role} container exited with code {code} while waiting for {waiting_for}.\n"
+                f"Its log:\n{log_tail(container)}"
+            )
+        try:
+            ready()
+            return
+        except Exception as error:  # not ready yet; remember why
+            last_error = error
+        if time.monotonic() > give_up:
+            raise ContainerFailed(
+                f"{role} container was not ready after {deadline:.0f} s: waited for "
+                f"{waiting_for}; last attempt: {last_error!r}.\nIts log:\n{log_tail(container)}"
+            )
+        time.sleep(0.05)  # poll interval of the readiness signal above

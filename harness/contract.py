@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,6 +29,7 @@ from harness.netns import PrivateNetwork
 from harness.proxies import tls_handshake
 from harness.sse_client import Frame, Target, open_stream
 from harness.tls import SERVER_NAME
+from harness.turns import timing
 
 # Added delay allowed per event: arrival at the client minus send time at the
 # upstream. Real-time delivery through a proxy on loopback costs well under a
@@ -37,7 +38,8 @@ from harness.tls import SERVER_NAME
 REALTIME_BOUND_MS = 100.0
 REALTIME_EVENTS = 8
 REALTIME_INTERVAL_S = 0.15
-# A stream that goes this long without a complete frame is being held back.
+# A stream that goes this long without a complete frame is being held back
+# (every check but the slow ones gives up on a stream after this long).
 REALTIME_GIVE_UP_S = 3.0
 # nginx's default proxy_read_timeout is 60 s; a stream or a response must
 # outlast it by a margin to show the config changed it.
@@ -133,6 +135,11 @@ def check_realtime(endpoint: Endpoint, mock: MockDorkOS) -> str:
 
 
 def realtime_under(endpoint: Endpoint, mock: MockDorkOS, *, accel_header: bool) -> str:
+    with timing():
+        return _realtime_under(endpoint, mock, accel_header=accel_header)
+
+
+def _realtime_under(endpoint: Endpoint, mock: MockDorkOS, *, accel_header: bool) -> str:
     condition = f"upstream {'sends' if accel_header else 'omits'} X-Accel-Buffering: no"
     session = new_session(
         mock,
@@ -363,10 +370,13 @@ def check_disconnect(endpoint: Endpoint, mock: MockDorkOS) -> str:
         ("while the stream is idle", {"heartbeat_interval": 15.0}, 1),
     ):
         session = new_session(mock, **behaviour)
-        with open_stream(endpoint.target, stream_path(session)) as stream:
-            stream.take(frames_first)
-        closed = time.monotonic()
-        took = _closed_after(endpoint, mock, stream_path(session), closed)
+        with timing():
+            with open_stream(
+                endpoint.target, stream_path(session), read_timeout=REALTIME_GIVE_UP_S
+            ) as stream:
+                stream.take(frames_first)
+            closed = time.monotonic()
+            took = _closed_after(endpoint, mock, stream_path(session), closed)
         if took > DISCONNECT_BOUND_S:
             raise violation(
                 endpoint,
@@ -381,14 +391,19 @@ def check_resume(endpoint: Endpoint, mock: MockDorkOS) -> str:
     """A reconnect with Last-Event-ID gets every missed event exactly once."""
     session = new_session(mock)
     path = stream_path(session)
-    with open_stream(endpoint.target, path) as stream:
+    with open_stream(endpoint.target, path, read_timeout=REALTIME_GIVE_UP_S) as stream:
         stream.take(1)  # the snapshot
         seen = [mock.publish(session, n=n) for n in range(3)]
         received = [f.event_id for f in stream.take(3)]
     if received != seen:
         raise violation(endpoint, f"live events: expected {seen}, got {received}")
     missed = [mock.publish(session, n=n) for n in range(3, 6)]
-    with open_stream(endpoint.target, path, headers={"Last-Event-ID": seen[-1]}) as stream:
+    with open_stream(
+        endpoint.target,
+        path,
+        headers={"Last-Event-ID": seen[-1]},
+        read_timeout=REALTIME_GIVE_UP_S,
+    ) as stream:
         replayed = [f.event_id or f.event for f in stream.take(3)]
         live = mock.publish(session, n=6)
         then = stream.take(1)[0].event_id
@@ -412,7 +427,10 @@ def check_not_compressed_or_cached(endpoint: Endpoint, mock: MockDorkOS) -> str:
     path = stream_path(session)
     for attempt in (1, 2):
         with open_stream(
-            endpoint.target, path, headers={"Accept-Encoding": "gzip, deflate, br"}
+            endpoint.target,
+            path,
+            headers={"Accept-Encoding": "gzip, deflate, br"},
+            read_timeout=REALTIME_GIVE_UP_S,
         ) as stream:
             encoding = stream.response.headers.get("Content-Encoding")
             cache_control = stream.response.headers.get("Cache-Control")
@@ -483,7 +501,17 @@ def idle_stream_survives(
         "no bytes" if heartbeat_interval is None else f"only {heartbeat_interval:.0f}-s heartbeats"
     )
     opened = time.monotonic()
-    publisher = threading.Timer(SILENCE_S, lambda: mock.publish(session, after_silence=True))
+    arrived = threading.Event()
+
+    def publish_after_silence() -> None:
+        # The next event's delay is timed; the turn is held until it arrives.
+        with timing():
+            mock.publish(session, after_silence=True)
+            arrived.wait(timeout=REALTIME_GIVE_UP_S)
+
+    publisher = threading.Timer(SILENCE_S, publish_after_silence)
+    # A proxy that drops the stream ends it at once; the margin is for the
+    # publisher's wait for its turn while other runs set up.
     with open_stream(endpoint.target, stream_path(session), read_timeout=SILENCE_S + 15) as stream:
         stream.take(1)  # the snapshot; then no event until the timer
         publisher.start()
@@ -495,6 +523,7 @@ def idle_stream_survives(
         else:
             ended = "(the stream ended)"
         finally:
+            arrived.set()
             publisher.cancel()
     if not frames:
         lasted = time.monotonic() - opened
@@ -558,20 +587,33 @@ PROPERTIES = (
 
 
 def run_contract(
-    endpoint: Endpoint, mock: MockDorkOS, properties: tuple[Property, ...] = PROPERTIES
+    endpoint: Endpoint, mock: MockDorkOS, properties: Sequence[Property] = PROPERTIES
 ) -> dict[str, Future[str]]:
-    """Start every property; the slow ones run in the background meanwhile.
+    """Start every property; returns one future per property name, in order.
 
-    Returns one future per property name, in PROPERTIES order. Fast checks
-    run one after another (their timing must not compete with each other);
-    the slow ones wait out their minute beside them.
+    The fast checks run one after another, so none competes with its own
+    endpoint's other traffic. The slow ones start together once the fast
+    ones are done: a slow check that fails can leave the proxy marking
+    DorkOS as down for a while (nginx does, after a timeout), and a fast
+    check after it would then fail for a reason that is not its own.
     """
+    fast_done = threading.Event()
+
+    def after_fast_checks(check: Check) -> str:
+        fast_done.wait()
+        return run_check(check, endpoint, mock)
+
     slow_pool = ThreadPoolExecutor(max_workers=len(properties), thread_name_prefix="slow")
     fast_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fast")
     futures = {
-        p.name: (slow_pool if p.slow else fast_pool).submit(run_check, p.check, endpoint, mock)
+        p.name: (
+            slow_pool.submit(after_fast_checks, p.check)
+            if p.slow
+            else fast_pool.submit(run_check, p.check, endpoint, mock)
+        )
         for p in properties
     }
+    fast_pool.submit(fast_done.set)  # one worker: runs after every fast check
     slow_pool.shutdown(wait=False)
     fast_pool.shutdown(wait=False)
     return futures

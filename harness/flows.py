@@ -14,12 +14,15 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness import certbot_flow
-from harness.contract import Property, check_http_redirects_to_https
+from harness.contract import PROPERTIES, Property, check_http_redirects_to_https, run_contract
 from harness.images import CERTBOT_NGINX_IMAGE, ProxyImage
 from harness.lab import ProxyLab
 from harness.proxies import RunningProxy
@@ -31,6 +34,50 @@ _LISTENS_WITH_TLS = re.compile(r"^\s*listen\s+[^;]*\bssl\b", re.MULTILINE)
 
 def is_certbot_start(include: SnippetInclude) -> bool:
     return include.proxy == "nginx" and not _LISTENS_WITH_TLS.search(include.snippet.read_text())
+
+
+# Reported first, before every property of the contract.
+STARTS = "accepts-config-and-starts"
+
+
+@dataclass
+class RunOutcome:
+    """One snippet on one image: whether it started, then every property."""
+
+    image: ProxyImage
+    start_error: BaseException | None
+    # Property name to its one-line summary, or to why it failed; in the
+    # order the properties are reported.
+    results: dict[str, str | BaseException]
+
+
+def start_runs(lab: ProxyLab, include: SnippetInclude) -> list[Future[RunOutcome]]:
+    """Every run of one example, started in the background (once per run)."""
+    return [
+        lab.in_background(
+            ("example", include.snippet, image.key),
+            functools.partial(run_example, lab, include, image),
+        )
+        for image in images_for(lab, include)
+    ]
+
+
+def run_example(lab: ProxyLab, include: SnippetInclude, image: ProxyImage) -> RunOutcome:
+    """Bring the snippet up on the image and run the whole contract on it."""
+    with contextlib.ExitStack() as stack:
+        try:
+            proxy, extra = stack.enter_context(started(lab, include, image))
+        except Exception as error:
+            not_checked = AssertionError("not checked: the proxy did not start (see above)")
+            return RunOutcome(image, error, {p.name: not_checked for p in PROPERTIES})
+        properties = (*PROPERTIES, *extra)
+        futures = run_contract(proxy, lab.mock, properties)
+        # Wait for every property before the proxy is stopped.
+        results: dict[str, str | BaseException] = {}
+        for prop in properties:
+            failure = futures[prop.name].exception()
+            results[prop.name] = failure if failure is not None else futures[prop.name].result()
+        return RunOutcome(image, None, results)
 
 
 def images_for(lab: ProxyLab, include: SnippetInclude) -> list[ProxyImage]:

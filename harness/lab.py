@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Hashable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import docker
 from docker.models.containers import Container
@@ -29,6 +32,20 @@ from harness.proxies import (
 from harness.tested_with import Outcome
 from harness.tls import SERVER_NAME, TestCA
 
+T = TypeVar("T")
+# Runs at once: every snippet on every version, and each version's
+# measurement of its lines (which has threads of its own), with room to spare.
+BACKGROUND_RUNS = 32
+
+
+@dataclass(frozen=True)
+class RunTiming:
+    """Where one run's time went: getting the proxy up, then the checks."""
+
+    label: str
+    startup_s: float  # config check, container start, certificates, ready
+    total_s: float
+
 
 @dataclass
 class ProxyLab:
@@ -44,20 +61,44 @@ class ProxyLab:
     _tags: dict[str, str] = field(default_factory=dict)
     _versions: dict[str, str] = field(default_factory=dict)
     _run_numbers: Iterator[int] = field(default_factory=itertools.count)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Runs happen on many threads at once; image builds and version queries
+    # happen once each, under this lock.
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(BACKGROUND_RUNS, thread_name_prefix="run")
+    )
+    _background: dict[Hashable, Future[Any]] = field(default_factory=dict)
+    timings: list[RunTiming] = field(default_factory=list)
 
     def images_for(self, proxy: str) -> list[ProxyImage]:
         return [image for image in self.images if image.proxy == proxy]
 
     def tag(self, image: ProxyImage) -> str:
-        if image.key not in self._tags:
-            self._tags[image.key] = image.ensure(self.client)
-        return self._tags[image.key]
+        with self._lock:
+            if image.key not in self._tags:
+                self._tags[image.key] = image.ensure(self.client)
+            return self._tags[image.key]
 
     def version(self, image: ProxyImage) -> str:
-        if image.key not in self._versions:
-            self._versions[image.key] = proxy_version(self.client, image, self.tag(image))
-        return self._versions[image.key]
+        with self._lock:
+            if image.key not in self._versions:
+                self._versions[image.key] = proxy_version(self.client, image, self.tag(image))
+            return self._versions[image.key]
+
+    def in_background(self, key: Hashable, work: Callable[[], T]) -> Future[T]:
+        """Start `work` once per key, beside every other run; its future.
+
+        Each run spends most of its time waiting out a minute of silence,
+        so the suite starts them all early and the tests collect results.
+        """
+        with self._lock:
+            if key not in self._background:
+                self._background[key] = self._pool.submit(work)
+            return self._background[key]
+
+    def close(self) -> None:
+        """Wait for runs under way (each removes its containers); drop the rest."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def record(self, snippet: str, image: ProxyImage, prop: str, passed: bool) -> None:
         self.outcomes.append(
@@ -66,7 +107,18 @@ class ProxyLab:
             )
         )
 
-    def _run_dir(self, role: str) -> Path:
+    @contextlib.contextmanager
+    def _timed(self, label: str) -> Iterator[Callable[[], None]]:
+        """Times a run; the caller calls the yielded function once it is up."""
+        began = time.monotonic()
+        ready_at: list[float] = []
+        try:
+            yield lambda: ready_at.append(time.monotonic())
+        finally:
+            if ready_at:
+                self.timings.append(RunTiming(label, ready_at[0] - began, time.monotonic() - began))
+
+    def run_dir(self, role: str) -> Path:
         """A folder of the run's own: runs overlap, and each writes files."""
         with self._lock:
             number = next(self._run_numbers)
@@ -84,10 +136,11 @@ class ProxyLab:
         its own, started first (Caddy's automatic HTTPS); otherwise from the
         test CA. The mock upstream listens on that network's port 4242.
         """
-        workdir = self._run_dir(image.key)
-        name = f"the private network of {relative(snippet)} on {image.description}"
+        workdir = self.run_dir(image.key)
+        label = f"{relative(snippet)} on {image.description}"
         with contextlib.ExitStack() as stack:
-            network = stack.enter_context(private_network(name))
+            up = stack.enter_context(self._timed(label))
+            network = stack.enter_context(private_network(f"the private network of {label}"))
             certificates: Certificates = self.ca
             if acme:
                 certificates = stack.enter_context(
@@ -114,35 +167,45 @@ class ProxyLab:
                     f"{error}\n--- ACME server log (last lines) ---\n{certificates.log_tail()}"
                 ) from error
             stack.enter_context(self.mock.listening_in(network))
+            up()
             yield proxy
 
     @contextlib.contextmanager
     def certbot(self, snippet: Path, command: list[str]) -> Iterator[CertbotResult]:
         """Serve a starting config and run the page's certbot command on it."""
         image = CERTBOT_NGINX_IMAGE
-        workdir = self._run_dir(image.key)
-        name = f"the private network of {relative(snippet)} with certbot"
+        workdir = self.run_dir(image.key)
+        label = f"{relative(snippet)} with certbot --nginx on {image.description}"
         with (
-            private_network(name) as network,
+            self._timed(label) as up,
+            private_network(f"the private network of {label}") as network,
             pebble(self.client, self.tag(PEBBLE_IMAGE), workdir / "acme", network) as acme,
             certbot_nginx(
                 self.client, image, self.tag(image), snippet, acme, command, network
             ) as result,
             self.mock.listening_in(network),
         ):
+            up()
             yield result
 
     @contextlib.contextmanager
     def serving(
-        self, image: ProxyImage, configs: list[Path], ports: list[int], *, private: bool = True
+        self,
+        image: ProxyImage,
+        configs: list[Path],
+        ports: list[int],
+        *,
+        label: str,
+        private: bool = True,
     ) -> Iterator[tuple[Container, PrivateNetwork | None]]:
         """Serve configs for measurements (variants, benchmark) in one container.
 
         In a private network with the mock listening there, unless `private`
         is False: the benchmark runs its own mock on the machine's loopback.
         """
-        workdir = self._run_dir(image.key)
+        workdir = self.run_dir(image.key)
         with contextlib.ExitStack() as stack:
+            up = stack.enter_context(self._timed(label))
             network = None
             if private:
                 network = stack.enter_context(
@@ -155,6 +218,7 @@ class ProxyLab:
             )
             if network is not None:
                 stack.enter_context(self.mock.listening_in(network))
+            up()
             yield container, network
 
 
@@ -166,7 +230,12 @@ def proxy_lab(workdir: Path, *, update_generated: bool = False) -> Iterator[Prox
             print(f"removed containers left by an earlier run: {', '.join(removed)}")
         ca = TestCA.create(workdir / "ca")
         # The mock listens only inside each run's private network.
-        with MockDorkOS(MockSettings(), listen=False) as mock:
-            yield ProxyLab(
-                client, mock, ca, workdir, selected_images(), update_generated=update_generated
-            )
+        with (
+            MockDorkOS(MockSettings(), listen=False) as mock,
+            contextlib.closing(
+                ProxyLab(
+                    client, mock, ca, workdir, selected_images(), update_generated=update_generated
+                )
+            ) as lab,
+        ):
+            yield lab

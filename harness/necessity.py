@@ -27,9 +27,8 @@ from harness import contract
 from harness.containers import log_tail
 from harness.images import ProxyImage
 from harness.lab import ProxyLab
-from harness.mock_dorkos import MockDorkOS
 from harness.netns import PrivateNetwork
-from harness.proxies import RECOMMENDED_SNIPPETS, REPO_ROOT, https_target
+from harness.proxies import HTTPS_PORT, RECOMMENDED_SNIPPETS, REPO_ROOT, https_target
 from harness.sse_client import Target
 from harness.variants import AS_PUBLISHED, Variant, variants_for
 
@@ -37,14 +36,10 @@ DATA_FILE = REPO_ROOT / "data" / "necessity.json"
 TABLE_FILES = {
     proxy: REPO_ROOT / "generated" / f"necessity-{proxy}.md" for proxy in ("nginx", "caddy")
 }
-FIRST_VARIANT_PORT = 10443
 
 
 @dataclass(frozen=True)
-class Measure:
-    name: str
-    check: contract.Check
-    slow: bool = False
+class Measure(contract.Property):
     # For checks of conditions DorkOS does not create by default: when the
     # failure would show up for a reader. None means it shows up always.
     shows_when: str | None = None
@@ -89,7 +84,7 @@ MEASURES = (
 
 @dataclass
 class VariantEndpoint:
-    """One variant, served on its own port of a shared proxy container."""
+    """One variant, served by a proxy of its own."""
 
     proxy: str
     label: str
@@ -102,31 +97,15 @@ class VariantEndpoint:
 
 
 def measure_image(lab: ProxyLab, image: ProxyImage) -> dict[str, Any]:
-    """Run every variant of the image's snippet; which measures each fails."""
+    """Run every variant of the image's snippet; which measures each fails.
+
+    Each variant gets a proxy of its own: in one shared nginx, a variant
+    whose upstream timed out marked DorkOS down for every other variant too.
+    """
     snippet = REPO_ROOT / RECOMMENDED_SNIPPETS[image.proxy]
-    text = snippet.read_text()
-    variants = variants_for(text, image.proxy)
-    folder = lab.workdir / "variants" / image.key
-    folder.mkdir(parents=True, exist_ok=True)
-    files, ports = [], []
-    for index, variant in enumerate(variants):
-        port = FIRST_VARIANT_PORT + index
-        path = folder / f"{index:02d}.{'conf' if image.proxy == 'nginx' else 'Caddyfile'}"
-        path.write_text(variant.render(text, image.proxy, port))
-        files.append(path)
-        ports.append(port)
-    with lab.serving(image, files, ports) as (container, network):
-        endpoints = [
-            VariantEndpoint(
-                image.proxy,
-                f"{RECOMMENDED_SNIPPETS[image.proxy]} {variant.name} on {image.description}",
-                https_target(lab.ca, port),
-                network,
-                container,
-            )
-            for variant, port in zip(variants, ports, strict=True)
-        ]
-        outcomes = _run_all(endpoints, lab.mock)
+    variants = variants_for(snippet.read_text(), image.proxy)
+    with ThreadPoolExecutor(len(variants), thread_name_prefix=f"{image.key}-variant") as pool:
+        outcomes = list(pool.map(lambda v: _measure_variant(lab, image, snippet, v), variants))
     return {
         "image": image.key,
         "description": image.description,
@@ -136,6 +115,30 @@ def measure_image(lab: ProxyLab, image: ProxyImage) -> dict[str, Any]:
             for variant, fails in zip(variants, outcomes, strict=True)
         ],
     }
+
+
+def _measure_variant(
+    lab: ProxyLab, image: ProxyImage, snippet: Path, variant: Variant
+) -> dict[str, str]:
+    """{measure: first line of why it failed} for one variant."""
+    # The snippet's own file name, so the proxy's messages read as for it.
+    path = lab.run_dir(f"{image.key}-variant") / snippet.name
+    path.write_text(variant.render(snippet.read_text(), image.proxy))
+    label = f"{RECOMMENDED_SNIPPETS[image.proxy]} {variant.name} on {image.description}"
+    with lab.serving(image, [path], [HTTPS_PORT], label=label) as (container, network):
+        endpoint = VariantEndpoint(
+            image.proxy,
+            label,
+            https_target(lab.ca),
+            network,
+            container,
+        )
+        futures = contract.run_contract(endpoint, lab.mock, MEASURES)
+        return {
+            name: _first_line(future.exception())
+            for name, future in futures.items()
+            if future.exception() is not None
+        }
 
 
 def _change(variant: Variant) -> str | None:
@@ -150,42 +153,26 @@ def _change(variant: Variant) -> str | None:
     return None
 
 
-def _run_all(endpoints: list[VariantEndpoint], mock: MockDorkOS) -> list[dict[str, str]]:
-    """Slow measures all at once; fast ones one by one, so timings stay clean."""
-    slow_count = sum(m.slow for m in MEASURES) * len(endpoints)
-    with (
-        ThreadPoolExecutor(max_workers=slow_count, thread_name_prefix="slow") as slow_pool,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="fast") as fast_pool,
-    ):
-        futures: list[dict[str, Future[str]]] = [
-            {
-                m.name: (slow_pool if m.slow else fast_pool).submit(
-                    contract.run_check, m.check, endpoint, mock
-                )
-                for m in MEASURES
-            }
-            for endpoint in endpoints
-        ]
-        return [
-            {
-                name: _first_line(future.exception())
-                for name, future in per_endpoint.items()
-                if future.exception() is not None
-            }
-            for per_endpoint in futures
-        ]
-
-
 def _first_line(error: BaseException | None) -> str:
     text = str(error) if isinstance(error, AssertionError) else repr(error)
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def start(lab: ProxyLab) -> list[Future[dict[str, Any]]]:
+    """Measure every image's snippet in the background, all at once."""
+    return [
+        lab.in_background(("necessity", image.key), functools.partial(measure_image, lab, image))
+        for image in lab.images
+    ]
+
+
 def measure_all(lab: ProxyLab) -> dict[str, Any]:
-    runs = []
-    for image in lab.images:
-        print(f"[necessity] measuring {image.description} ...", file=sys.stderr, flush=True)
-        runs.append(measure_image(lab, image))
+    print(
+        f"[necessity] measuring {', '.join(i.description for i in lab.images)} side by side ...",
+        file=sys.stderr,
+        flush=True,
+    )
+    runs = [run.result() for run in start(lab)]
     return {
         "measured_on": datetime.date.today().isoformat(),
         "silence_s": contract.SILENCE_S,

@@ -56,7 +56,13 @@ class PrivateNetwork:
         if self.owner is None:
             # The reader's domain resolves to the proxy, as DNS would make it;
             # containers that join share this hosts file.
-            return {"network_mode": "none", "extra_hosts": {SERVER_NAME: "127.0.0.1"}}
+            return {
+                "network_mode": "none",
+                "extra_hosts": {SERVER_NAME: "127.0.0.1"},
+                # Docker turns IPv6 off in such a namespace; a server's
+                # loopback has ::1, which `localhost` in a config also names.
+                "sysctls": {"net.ipv6.conf.lo.disable_ipv6": "0"},
+            }
         return {"network_mode": f"container:{self.owner.id}"}
 
     def joined_by(self, container: Container) -> None:

@@ -150,29 +150,23 @@ def reported_as(
 def evaluate_snippet(example: Example) -> None:
     # Imported here: the flows need this module's SnippetInclude.
     from harness import flows
-    from harness.contract import PROPERTIES, Property, run_contract
-    from harness.proxies import RunningProxy
 
     include: SnippetInclude = example.parsed
     lab = example.namespace["proxy_lab"]
     subtests = example.namespace["subtests"]
-    for image in flows.images_for(lab, include):
+    # Usually started when the lab opened, beside every other run.
+    for run in flows.start_runs(lab, include):
+        outcome = run.result()
+        image = outcome.image
 
-        def outcome(prop: str, image: ProxyImage = image) -> Callable[[bool], None]:
+        def record(prop: str, image: ProxyImage = image) -> Callable[[bool], None]:
             return lambda passed: lab.record(include.snippet_name, image, prop, passed)
 
-        with contextlib.ExitStack() as stack:
-            proxy: RunningProxy | None = None
-            extra: tuple[Property, ...] = ()
-            starts = "accepts-config-and-starts"
-            with reported_as(subtests, example, f"{image.key}: {starts}", outcome(starts)):
-                proxy, extra = stack.enter_context(flows.started(lab, include, image))
-            properties = (*PROPERTIES, *extra)
-            results = run_contract(proxy, lab.mock, properties) if proxy is not None else {}
-            for prop in properties:
-                with reported_as(
-                    subtests, example, f"{image.key}: {prop.name}", outcome(prop.name)
-                ):
-                    if proxy is None:
-                        raise AssertionError("not checked: the proxy did not start (see above)")
-                    results[prop.name].result()
+        starts = flows.STARTS
+        with reported_as(subtests, example, f"{image.key}: {starts}", record(starts)):
+            if outcome.start_error is not None:
+                raise outcome.start_error
+        for name, result in outcome.results.items():
+            with reported_as(subtests, example, f"{image.key}: {name}", record(name)):
+                if isinstance(result, BaseException):
+                    raise result

