@@ -23,6 +23,8 @@ from harness.turns import setting_up
 # a crashed run can be found and removed before the next run starts.
 LABEL = "dorkos-docs.harness"
 RUN_ID = uuid.uuid4().hex[:12]
+# The process that started a container: while it lives, nobody sweeps it.
+PID_LABEL = f"{LABEL}.pid"
 
 
 class EngineUnreachable(RuntimeError):
@@ -64,13 +66,32 @@ def docker_client() -> docker.DockerClient:
 
 
 def sweep_leftovers(client: docker.DockerClient) -> list[str]:
-    """Remove containers that an earlier, crashed run left behind."""
+    """Remove containers that an earlier, crashed run left behind.
+
+    Another run still going on this machine keeps its containers: runs have
+    networks of their own, so two can share an engine.
+    """
     removed = []
     for container in client.containers.list(all=True, filters={"label": LABEL}):
+        labels = container.labels
+        if labels.get(LABEL) == RUN_ID or _alive(labels.get(PID_LABEL)):
+            continue
         with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True)
             removed.append(str(container.name))
     return removed
+
+
+def _alive(pid: str | None) -> bool:
+    if pid is None or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process, and alive
+    return True
 
 
 def log_tail(container: Container, lines: int = 40) -> str:
@@ -101,7 +122,7 @@ def _run_kwargs(
         "image": image,
         "command": command,
         "volumes": dict(m.as_volume() for m in mounts),
-        "labels": {LABEL: RUN_ID, f"{LABEL}.role": role},
+        "labels": {LABEL: RUN_ID, PID_LABEL: str(os.getpid()), f"{LABEL}.role": role},
         "name": f"dorkos-docs-{role}-{uuid.uuid4().hex[:8]}",
     }
 

@@ -1,0 +1,89 @@
+"""Set-ups and timed checks never overlap, and neither waits for ever."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from harness.turns import Kind, Turns
+
+
+def hold(turns: Turns, kind: Kind, seconds: float, log: list[tuple[str, float, float]]) -> None:
+    with turns.turn(kind):
+        began = time.monotonic()
+        time.sleep(seconds)
+        log.append((kind, began, time.monotonic()))
+
+
+def run_all(*work: Callable[[], None]) -> None:
+    threads = [threading.Thread(target=w, daemon=True) for w in work]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.01)  # in this order
+    for thread in threads:
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "a turn was never given"
+
+
+def overlapping(log: list[tuple[str, float, float]]) -> list[tuple[str, str]]:
+    return [
+        (a[0], b[0])
+        for i, a in enumerate(log)
+        for b in log[i + 1 :]
+        if a[0] != b[0] and a[1] < b[2] and b[1] < a[2]
+    ]
+
+
+def test_kinds_never_overlap_and_each_kind_shares() -> None:
+    turns, log = Turns(), []  # type: ignore[var-annotated]
+    run_all(
+        lambda: hold(turns, "timing", 0.2, log),
+        lambda: hold(turns, "timing", 0.2, log),
+        lambda: hold(turns, "setting up", 0.2, log),
+        lambda: hold(turns, "setting up", 0.2, log),
+        lambda: hold(turns, "timing", 0.2, log),
+    )
+    assert overlapping(log) == []
+    setups = [entry for entry in log if entry[0] == "setting up"]
+    assert setups[0][1] < setups[1][2] and setups[1][1] < setups[0][2], "set-ups did not share"
+
+
+def test_a_waiting_setup_goes_before_new_timed_checks() -> None:
+    turns, log = Turns(), []  # type: ignore[var-annotated]
+    run_all(
+        lambda: hold(turns, "timing", 0.2, log),
+        lambda: hold(turns, "setting up", 0.1, log),
+        lambda: hold(turns, "timing", 0.1, log),
+    )
+    assert [entry[0] for entry in sorted(log, key=lambda e: e[1])] == [
+        "timing",
+        "setting up",
+        "timing",
+    ]
+
+
+def test_asking_for_a_turn_inside_one_is_an_error() -> None:
+    turns = Turns()
+    with (
+        turns.turn("setting up"),
+        pytest.raises(RuntimeError, match="'timing' asked for inside 'setting up'"),
+    ):
+        turns.begin("timing")
+
+
+def test_setups_go_first_while_timed_checks_wait() -> None:
+    """So that all runs' start-ups happen in one burst, then the timed checks."""
+    turns, log = Turns(), []  # type: ignore[var-annotated]
+    run_all(
+        lambda: hold(turns, "setting up", 0.2, log),
+        lambda: hold(turns, "timing", 0.1, log),
+        lambda: hold(turns, "setting up", 0.1, log),
+    )
+    assert [entry[0] for entry in sorted(log, key=lambda e: e[1])] == [
+        "setting up",
+        "setting up",
+        "timing",
+    ]
