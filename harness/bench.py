@@ -41,11 +41,14 @@ from harness.images import ProxyImage
 from harness.lab import ProxyLab, proxy_lab
 from harness.mock_dorkos import MockSettings
 from harness.proxies import HTTPS_PORT, RECOMMENDED_SNIPPETS, REPO_ROOT, https_target
+from harness.sse_client import Dechunker
 from harness.tls import SERVER_NAME
 
 DATA_FILE = REPO_ROOT / "data" / "bench.json"
 TABLE_FILE = REPO_ROOT / "generated" / "bench.md"
 LEVELS = (1, 100, 500)
+# What the Reverse Proxy page gives a one-core nginx server.
+ONE_CORE_FIX = "snippets/nginx/events.conf"
 EVENTS_PER_STREAM = 20
 EVENT_INTERVAL_S = 0.5
 # Streams open over this many seconds, as tabs reconnecting would, not in
@@ -67,41 +70,6 @@ class StreamResult:
     error: str | None = None
 
 
-class _Dechunker:
-    """Undo HTTP/1.1 chunked framing incrementally (Caddy sends chunks)."""
-
-    def __init__(self) -> None:
-        self.buffer = b""
-        self.remaining = 0  # bytes left in the current chunk
-        self.done = False  # the last (empty) chunk was read
-
-    def feed(self, data: bytes) -> bytes:
-        self.buffer += data
-        out = b""
-        while self.buffer and not self.done:
-            if self.remaining < 0:  # the CRLF after a chunk's data
-                if len(self.buffer) < 2:
-                    break
-                self.buffer, self.remaining = self.buffer[2:], 0
-                continue
-            if self.remaining > 0:
-                take = self.buffer[: self.remaining]
-                out += take
-                self.buffer = self.buffer[len(take) :]
-                self.remaining -= len(take)
-                if self.remaining == 0:
-                    self.remaining = -1
-                continue
-            line_end = self.buffer.find(b"\r\n")
-            if line_end < 0:
-                break
-            self.remaining = int(self.buffer[:line_end].split(b";")[0], 16)
-            self.buffer = self.buffer[line_end + 2 :]
-            if self.remaining == 0:
-                self.done = True
-        return out
-
-
 async def _one_stream(
     host: str, port: int, context: ssl.SSLContext | None, expected: int
 ) -> StreamResult:
@@ -119,7 +87,7 @@ async def _one_stream(
         if not head.startswith(b"HTTP/1.1 200"):
             raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
         chunked = b"transfer-encoding: chunked" in head.lower()
-        dechunker, text = _Dechunker(), b""
+        dechunker, text = Dechunker(), b""
         while len(result.seqs) < expected:
             data = await asyncio.wait_for(reader.read(65536), EVENT_INTERVAL_S * 4 + 5)
             if not data:
@@ -303,6 +271,25 @@ def run(lab: ProxyLab, images: list[ProxyImage]) -> dict[str, Any]:
                 for count in LEVELS:
                     levels.append(
                         measure_level(label, "127.0.0.1", HTTPS_PORT, context, count, container)
+                    )
+            if image.proxy != "nginx":
+                continue
+            # A one-core server: Debian's own events block, then the page's fix.
+            for events in (None, REPO_ROOT / ONE_CORE_FIX):
+                one_core = f"{label}, one worker" + (f", {ONE_CORE_FIX}" if events else "")
+                with lab.serving(
+                    image,
+                    [snippet],
+                    [HTTPS_PORT],
+                    label=one_core,
+                    private=False,
+                    one_core=True,
+                    one_core_events=events,
+                ) as (container, _):
+                    levels.append(
+                        measure_level(
+                            one_core, "127.0.0.1", HTTPS_PORT, context, max(LEVELS), container
+                        )
                     )
     return {
         "run_on": datetime.date.today().isoformat(),

@@ -30,7 +30,7 @@ from harness.netns import PrivateNetwork
 from harness.proxies import REPO_ROOT, RunningProxy, https_target, tls_handshake
 from harness.sse_client import Target
 from harness.tls import SERVER_NAME
-from harness.turns import setting_up
+from harness.turns import busy
 
 DIFF_FILE = REPO_ROOT / "generated" / "certbot-nginx.diff"
 ACCOUNT_EMAIL = f"admin@{SERVER_NAME}"
@@ -81,7 +81,7 @@ class CertbotResult:
 
 
 def _exec_step(container: Container, command: list[str], step: str, acme: AcmeDirectory) -> str:
-    with setting_up():  # certbot is a CPU-hungry start-up, not a timed check
+    with busy():  # certbot is a CPU-hungry start-up, not a timed check
         code, output = container.exec_run(
             command,
             environment={"REQUESTS_CA_BUNDLE": "/etc/dorkos-docs/acme-directory-ca.pem"},
@@ -133,6 +133,7 @@ def certbot_nginx(
         role=image.key,
         network=network,
         ready=_http_answers,
+        **image.container_options(),
         waiting_for="nginx answering HTTP on 127.0.0.1:80 with the starting config",
     ) as container:
         _exec_step(container, non_interactive(command, acme), "certbot --nginx", acme)

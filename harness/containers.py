@@ -17,7 +17,7 @@ import docker.errors
 from docker.models.containers import Container
 
 from harness.netns import PrivateNetwork
-from harness.turns import setting_up
+from harness.turns import busy
 
 # Every container this project starts carries this label, so the leftovers of
 # a crashed run can be found and removed before the next run starts.
@@ -136,7 +136,7 @@ def run_to_completion(
     timeout: float = 60.0,
 ) -> tuple[int, str]:
     """Run a one-off command (e.g. a config check); its exit code and output."""
-    with setting_up():
+    with busy():
         container = client.containers.create(**_run_kwargs(image, command, mounts, role))
         try:
             container.start()
@@ -174,7 +174,7 @@ def running_container(
     networking = network.docker_options() if network else {"network_mode": "host"}
     container: Container | None = None
     try:
-        with setting_up():
+        with busy():
             container = client.containers.create(
                 **_run_kwargs(image, command, mounts, role, **networking, **extra)
             )
@@ -182,7 +182,7 @@ def running_container(
         yield container
     finally:
         if container is not None:
-            with setting_up(), contextlib.suppress(docker.errors.NotFound):
+            with busy(), contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
 
 

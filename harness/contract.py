@@ -17,15 +17,21 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
+from harness import capacity
+from harness.endpoints import (
+    Check,
+    Endpoint,
+    run_check,
+    violation,
+)
 from harness.mock_dorkos import MockDorkOS, RequestRecord
-from harness.netns import PrivateNetwork
 from harness.proxies import tls_handshake
 from harness.sse_client import Frame, Target, open_stream
 from harness.tls import SERVER_NAME
@@ -74,43 +80,6 @@ EXPECTED_FORWARDED_HEADERS = {
         "X-Forwarded-Host": SERVER_NAME,
     },
 }
-
-
-class Endpoint(Protocol):
-    """A proxy serving one config, as the checks see it."""
-
-    @property
-    def proxy(self) -> str: ...  # "nginx" or "caddy"
-
-    @property
-    def label(self) -> str: ...  # what a failure message calls it
-
-    @property
-    def target(self) -> Target: ...
-
-    @property
-    def network(self) -> PrivateNetwork | None: ...  # None: the machine's own
-
-    def log_tail(self, lines: int = 30) -> str: ...
-
-
-Check = Callable[[Endpoint, MockDorkOS], str]
-
-
-def run_check(check: Check, endpoint: Endpoint, mock: MockDorkOS) -> str:
-    """Run one check from inside the endpoint's network, where its 127.0.0.1 is."""
-    network = endpoint.network
-    return check(endpoint, mock) if network is None else network.call(check, endpoint, mock)
-
-
-class ContractViolation(AssertionError):
-    pass
-
-
-def violation(endpoint: Endpoint, message: str) -> ContractViolation:
-    return ContractViolation(
-        f"{endpoint.label}: {message}\n--- proxy log (last lines) ---\n{endpoint.log_tail()}"
-    )
 
 
 def new_session(mock: MockDorkOS, **behaviour: Any) -> str:
@@ -583,6 +552,7 @@ PROPERTIES = (
     Property("resume-with-last-event-id", check_resume),
     Property("not-compressed-or-cached", check_not_compressed_or_cached),
     Property("ordinary-traffic", check_ordinary_traffic),
+    Property(f"holds-{capacity.STREAMS}-streams", capacity.check_holds_streams),
 )
 
 

@@ -5,6 +5,9 @@
   checks its HTTP-to-HTTPS redirect.
 - An nginx config that serves HTTPS: nginx with certificate files from the
   test CA at the paths the config names.
+- A fragment of nginx.conf (an events block): Debian's nginx.conf as a
+  one-core server runs it, with the fragment in place of its own events
+  block, serving the published nginx site config.
 - An nginx config that serves plain HTTP only: the starting point the page
   gives certbot. The page's own certbot command turns it into an HTTPS
   config, and that is what the contract runs; renewal and the page's diff of
@@ -25,15 +28,27 @@ from harness import certbot_flow
 from harness.contract import PROPERTIES, Property, check_http_redirects_to_https, run_contract
 from harness.images import CERTBOT_NGINX_IMAGE, ProxyImage
 from harness.lab import ProxyLab
-from harness.proxies import RunningProxy
+from harness.proxies import RECOMMENDED_SNIPPETS, REPO_ROOT, RunningProxy
 from harness.snippet_examples import SnippetInclude
 
 REDIRECT = Property("http-redirects-to-https", check_http_redirects_to_https)
 _LISTENS_WITH_TLS = re.compile(r"^\s*listen\s+[^;]*\bssl\b", re.MULTILINE)
 
 
+_EVENTS_BLOCK = re.compile(r"^events\s*\{", re.MULTILINE)
+
+
+def is_events_block(include: SnippetInclude) -> bool:
+    """A fragment of nginx.conf (its events block), not a site config."""
+    return include.proxy == "nginx" and bool(_EVENTS_BLOCK.search(include.snippet.read_text()))
+
+
 def is_certbot_start(include: SnippetInclude) -> bool:
-    return include.proxy == "nginx" and not _LISTENS_WITH_TLS.search(include.snippet.read_text())
+    return (
+        include.proxy == "nginx"
+        and not is_events_block(include)
+        and not _LISTENS_WITH_TLS.search(include.snippet.read_text())
+    )
 
 
 # Reported first, before every property of the contract.
@@ -94,6 +109,12 @@ def started(
     if include.proxy == "caddy":
         with lab.run(image, include.snippet, acme=True) as proxy:
             yield proxy, (REDIRECT,)
+    elif is_events_block(include):
+        # The fragment is for a one-core server; it runs with the published
+        # site config, and the contract (500 streams included) runs on both.
+        site = REPO_ROOT / RECOMMENDED_SNIPPETS["nginx"]
+        with lab.run(image, site, one_core_events=include.snippet) as proxy:
+            yield proxy, ()
     elif is_certbot_start(include):
         command = certbot_flow.page_command(include.page)
         with lab.certbot(include.snippet, command) as result:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -24,15 +25,19 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import certifi
 import docker
 import docker.errors
+import docker.types
 
 IMAGE_SOURCE_VARIABLE = "DORKOS_DOCS_IMAGES"
 REPOSITORY = "dorkos-docs"
 # Bump when a build recipe changes in a way its inputs don't show.
 RECIPE_VERSION = 1
+# systemd's DefaultLimitNOFILE (soft, hard) for services that set no limit.
+SYSTEMD_DEFAULT_NOFILE = (1024, 524288)
 
 
 class ImageUnavailable(RuntimeError):
@@ -58,6 +63,24 @@ class ProxyImage:
     def source(self) -> str:
         """Where the proxy in the image comes from, for the Tested-with table."""
         raise NotImplementedError
+
+    @property
+    def open_files_limit(self) -> tuple[int, int] | None:
+        """The (soft, hard) open-files limit the proxy gets where it is installed.
+
+        None: the container's default, as for an official image under Docker.
+        """
+        return None
+
+    def container_options(self) -> dict[str, Any]:
+        """What a container of this image needs to run as the proxy would."""
+        if self.open_files_limit is None:
+            return {}
+        soft, hard = self.open_files_limit
+        # A container can't be given more than the engine has itself (some
+        # sandboxes cap it); what nginx meets first is the soft limit.
+        hard = min(hard, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        return {"ulimits": [docker.types.Ulimit(name="nofile", soft=soft, hard=hard)]}
 
     def tag(self) -> str:
         digest = hashlib.sha256(
@@ -94,6 +117,13 @@ class DebianImage(ProxyImage):
     # Shell run inside the new root before it becomes an image.
     finish: str = ""
     changes: tuple[str, ...] = ()
+
+    @property
+    def open_files_limit(self) -> tuple[int, int] | None:
+        # Debian's nginx.service sets no LimitNOFILE, so nginx gets systemd's
+        # default, 1024 soft; Docker would give it far more. (Debian's
+        # caddy.service raises its own limit to 1048576.)
+        return SYSTEMD_DEFAULT_NOFILE if self.proxy == "nginx" else None
 
     @property
     def source(self) -> str:

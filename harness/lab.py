@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import docker
 from docker.models.containers import Container
 
+from harness import nginx_main
 from harness.acme import AcmeDirectory, AcmeStepFailed, pebble
 from harness.certbot_flow import CertbotResult, certbot_nginx
 from harness.containers import ContainerFailed, docker_client, sweep_leftovers
@@ -118,6 +119,13 @@ class ProxyLab:
             if ready_at:
                 self.timings.append(RunTiming(label, ready_at[0] - began, time.monotonic() - began))
 
+    def _main_config(
+        self, image: ProxyImage, workdir: Path, one_core: bool, events: Path | None
+    ) -> Path | None:
+        if not one_core and events is None:
+            return None
+        return nginx_main.one_core(self.client, image, self.tag(image), workdir, events)
+
     def run_dir(self, role: str) -> Path:
         """A folder of the run's own: runs overlap, and each writes files."""
         with self._lock:
@@ -128,16 +136,29 @@ class ProxyLab:
 
     @contextlib.contextmanager
     def run(
-        self, image: ProxyImage, snippet: Path, *, acme: bool = False
+        self,
+        image: ProxyImage,
+        snippet: Path,
+        *,
+        acme: bool = False,
+        one_core_events: Path | None = None,
+        one_core: bool = False,
     ) -> Iterator[RunningProxy]:
         """Serve one published snippet on port 443 of a private network.
 
         With `acme`, the proxy gets its certificate from an ACME server of
         its own, started first (Caddy's automatic HTTPS); otherwise from the
         test CA. The mock upstream listens on that network's port 4242.
+        With `one_core`, nginx runs Debian's nginx.conf as on a one-core
+        server, with `one_core_events` (a published fragment) in place of
+        its events block if given.
         """
         workdir = self.run_dir(image.key)
-        label = f"{relative(snippet)} on {image.description}"
+        main_config = self._main_config(image, workdir, one_core, one_core_events)
+        served = relative(snippet)
+        if main_config is not None:
+            served += f", {nginx_main.describe(one_core_events)}"
+        label = f"{served} on {image.description}"
         with contextlib.ExitStack() as stack:
             up = stack.enter_context(self._timed(label))
             network = stack.enter_context(private_network(f"the private network of {label}"))
@@ -156,6 +177,8 @@ class ProxyLab:
                         certificates,
                         workdir,
                         network,
+                        main_config,
+                        served,
                     )
                 )
             except ContainerFailed as error:
@@ -197,13 +220,17 @@ class ProxyLab:
         *,
         label: str,
         private: bool = True,
+        one_core: bool = False,
+        one_core_events: Path | None = None,
     ) -> Iterator[tuple[Container, PrivateNetwork | None]]:
         """Serve configs for measurements (variants, benchmark) in one container.
 
         In a private network with the mock listening there, unless `private`
         is False: the benchmark runs its own mock on the machine's loopback.
+        `one_core` and `one_core_events` are as for run().
         """
         workdir = self.run_dir(image.key)
+        main_config = self._main_config(image, workdir, one_core, one_core_events)
         with contextlib.ExitStack() as stack:
             up = stack.enter_context(self._timed(label))
             network = None
@@ -213,7 +240,15 @@ class ProxyLab:
                 )
             container = stack.enter_context(
                 serving(
-                    self.client, image, self.tag(image), configs, self.ca, workdir, ports, network
+                    self.client,
+                    image,
+                    self.tag(image),
+                    configs,
+                    self.ca,
+                    workdir,
+                    ports,
+                    network,
+                    main_config,
                 )
             )
             if network is not None:

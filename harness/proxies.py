@@ -75,10 +75,14 @@ def relative(snippet: Path) -> str:
 _NGINX_CERT_DIRECTIVE = re.compile(r"^\s*(ssl_certificate(?:_key)?)\s+([^;\s]+)\s*;", re.MULTILINE)
 
 
-def nginx_launch(configs: list[Path], ca: Certificates, workdir: Path) -> ProxyLaunch:
+def nginx_launch(
+    configs: list[Path], ca: Certificates, workdir: Path, main_config: Path | None = None
+) -> ProxyLaunch:
     if not isinstance(ca, TestCA):
         raise TypeError("nginx gets ACME certificates through certbot (harness.certbot_flow)")
     in_container = {f"/etc/nginx/conf.d/{c.name}": c for c in configs}
+    if main_config is not None:
+        in_container["/etc/nginx/nginx.conf"] = main_config
     mounts = [Mount(str(c.resolve()), path) for path, c in in_container.items()]
     certificate_paths = {
         path: directive
@@ -124,7 +128,11 @@ _CADDY_ACME = """\
 	email {email}"""
 
 
-def caddy_launch(configs: list[Path], ca: Certificates, workdir: Path) -> ProxyLaunch:
+def caddy_launch(
+    configs: list[Path], ca: Certificates, workdir: Path, main_config: Path | None = None
+) -> ProxyLaunch:
+    if main_config is not None:
+        raise TypeError("Caddy has no main config apart from its Caddyfile")
     harness_dir = "/etc/dorkos-docs"
     # A published Caddyfile sits where the official image reads it; variants
     # made for measurements go beside the harness's own files.
@@ -227,13 +235,14 @@ def serving(
     workdir: Path,
     ports: list[int],
     network: PrivateNetwork | None,
+    main_config: Path | None = None,
 ) -> Iterator[Container]:
     """Check config files with the proxy's own validator, then serve them.
 
     Yields once every port in `ports` completes a verified TLS handshake
     (inside `network`; None is the machine's own network).
     """
-    launch = LAUNCHERS[image.proxy](configs, ca, workdir)
+    launch = LAUNCHERS[image.proxy](configs, ca, workdir, main_config)
     code, output = run_to_completion(
         client, tag, launch.check_command, launch.mounts, role=f"{image.key}-check"
     )
@@ -255,6 +264,7 @@ def serving(
         launch.mounts,
         role=image.key,
         network=network,
+        **image.container_options(),
         ready=handshakes_succeed,
         waiting_for=f"a TLS handshake for {SERVER_NAME} on 127.0.0.1 port(s) "
         f"{', '.join(map(str, ports))} that verifies against "
@@ -272,7 +282,11 @@ def run_proxy(
     ca: Certificates,
     workdir: Path,
     network: PrivateNetwork,
+    main_config: Path | None = None,
+    label: str | None = None,
 ) -> Iterator[RunningProxy]:
     """Serve one published snippet, byte for byte, on port 443 of `network`."""
-    with serving(client, image, tag, [snippet], ca, workdir, [HTTPS_PORT], network) as container:
-        yield RunningProxy(image, relative(snippet), container, https_target(ca), network)
+    with serving(
+        client, image, tag, [snippet], ca, workdir, [HTTPS_PORT], network, main_config
+    ) as container:
+        yield RunningProxy(image, label or relative(snippet), container, https_target(ca), network)

@@ -154,3 +154,38 @@ def open_stream(
         ) as response,
     ):
         yield EventStream(response)
+
+
+class Dechunker:
+    """Undo HTTP/1.1 chunked framing incrementally (Caddy sends chunks)."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.remaining = 0  # bytes left in the current chunk
+        self.done = False  # the last (empty) chunk was read
+
+    def feed(self, data: bytes) -> bytes:
+        self.buffer += data
+        out = b""
+        while self.buffer and not self.done:
+            if self.remaining < 0:  # the CRLF after a chunk's data
+                if len(self.buffer) < 2:
+                    break
+                self.buffer, self.remaining = self.buffer[2:], 0
+                continue
+            if self.remaining > 0:
+                take = self.buffer[: self.remaining]
+                out += take
+                self.buffer = self.buffer[len(take) :]
+                self.remaining -= len(take)
+                if self.remaining == 0:
+                    self.remaining = -1
+                continue
+            line_end = self.buffer.find(b"\r\n")
+            if line_end < 0:
+                break
+            self.remaining = int(self.buffer[:line_end].split(b";")[0], 16)
+            self.buffer = self.buffer[line_end + 2 :]
+            if self.remaining == 0:
+                self.done = True
+        return out

@@ -1,16 +1,16 @@
-"""Setting up and timing take turns, so runs can overlap without skewing timings.
+"""Busy work and timing take turns, so runs can overlap without skewing timings.
 
-Starting a container (or running certbot) costs a burst of CPU. On a
-two-core machine, such bursts beside a real-time check added up to 44 ms to
-an event's delay, against 0.6 ms on a quiet machine; with a dozen runs
-starting at once, delays passed the 100 ms bound. So any number of set-ups
-may overlap, and any number of timed checks may overlap, but the two kinds
-never do.
+Starting a container, running certbot or holding 500 streams costs a burst
+of CPU. On a two-core machine, such bursts beside a real-time check added up
+to 44 ms to an event's delay, against 0.6 ms on a quiet machine; with a
+dozen runs starting at once, delays passed the 100 ms bound. So any amount
+of busy work may overlap, and any number of timed checks may overlap, but
+the two kinds never do.
 
-Setting up goes first: a timed check waits while any set-up is under way or
-waiting, and a set-up waits only for timed checks already under way. When
-every run starts at once, all the set-ups then happen in one burst and the
-timed checks after it, instead of taking turns a hundred times.
+Busy work goes first: a timed check waits while any busy work is under way
+or waiting, and busy work waits only for timed checks already under way.
+When every run starts at once, all the start-ups then happen in one burst
+and the timed checks after it, instead of taking turns a hundred times.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator
 from typing import Literal
 
-Kind = Literal["setting up", "timing"]
+Kind = Literal["busy", "timing"]
 
 
 class Turns:
@@ -28,7 +28,7 @@ class Turns:
         self._changed = threading.Condition()
         self._phase: Kind | None = None
         self._active = 0
-        self._waiting: dict[Kind, int] = {"setting up": 0, "timing": 0}
+        self._waiting: dict[Kind, int] = {"busy": 0, "timing": 0}
         self._holding = threading.local()
 
     def begin(self, kind: Kind) -> None:
@@ -40,8 +40,7 @@ class Turns:
             self._waiting[kind] += 1
             self._changed.wait_for(
                 lambda: (
-                    self._phase in (None, kind)
-                    and (kind == "setting up" or not self._waiting["setting up"])
+                    self._phase in (None, kind) and (kind == "busy" or not self._waiting["busy"])
                 )
             )
             self._waiting[kind] -= 1
@@ -70,8 +69,8 @@ class Turns:
 TURNS = Turns()
 
 
-def setting_up() -> contextlib.AbstractContextManager[None]:
-    return TURNS.turn("setting up")
+def busy() -> contextlib.AbstractContextManager[None]:
+    return TURNS.turn("busy")
 
 
 def timing() -> contextlib.AbstractContextManager[None]:

@@ -12,7 +12,7 @@ from harness.snippet_examples import SNIPPETS, DocsError, SnippetInclude, docs_s
 EXPECTED_EXAMPLES = {
     "docs/index.md": 0,
     "docs/how-it-is-tested.md": 0,
-    "docs/reverse-proxy.md": 3,
+    "docs/reverse-proxy.md": 4,
     "docs/tested-with.md": 0,
     "docs/what-it-costs.md": 0,
 }
@@ -44,6 +44,7 @@ def test_reverse_proxy_page_runs_each_proxy() -> None:
     assert found == [
         ("caddy", "snippets/caddy/Caddyfile"),
         ("nginx", "snippets/nginx/dorkos.conf"),
+        ("nginx", "snippets/nginx/events.conf"),
         ("nginx", "snippets/nginx/before-certbot.conf"),
     ]
 

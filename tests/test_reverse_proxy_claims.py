@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from harness import necessity
+from harness import capacity, necessity
+from harness.endpoints import ContractViolation, run_check
+from harness.lab import ProxyLab
 from harness.proxies import RECOMMENDED_SNIPPETS, REPO_ROOT
 from harness.variants import AS_PUBLISHED
 
@@ -178,3 +180,19 @@ def test_highlighted_lines_are_the_ones_measured_to_matter() -> None:
         f"highlighted lines {sorted(highlighted)}; lines whose removal broke something "
         f"{sorted(mattering)}"
     )
+
+
+# -- "Streams fail when many tabs are open": Debian's events block on one core.
+
+
+def test_debian_events_block_runs_out_before_500_streams_on_one_core(
+    proxy_lab: ProxyLab,
+) -> None:
+    site = REPO_ROOT / RECOMMENDED_SNIPPETS["nginx"]
+    for image in proxy_lab.images_for("nginx"):
+        with proxy_lab.run(image, site, one_core=True) as proxy:
+            with pytest.raises(ContractViolation) as failed:
+                run_check(capacity.check_holds_streams, proxy, proxy_lab.mock)
+            log = proxy.container.logs().decode(errors="replace")
+        assert f"of {capacity.STREAMS} streams failed" in str(failed.value)
+        assert "768 worker_connections are not enough" in log, f"{image.key}: {failed.value}"

@@ -1,4 +1,4 @@
-"""Set-ups and timed checks never overlap, and neither waits for ever."""
+"""Busy work and timed checks never overlap, and neither waits for ever."""
 
 from __future__ import annotations
 
@@ -42,25 +42,25 @@ def test_kinds_never_overlap_and_each_kind_shares() -> None:
     run_all(
         lambda: hold(turns, "timing", 0.2, log),
         lambda: hold(turns, "timing", 0.2, log),
-        lambda: hold(turns, "setting up", 0.2, log),
-        lambda: hold(turns, "setting up", 0.2, log),
+        lambda: hold(turns, "busy", 0.2, log),
+        lambda: hold(turns, "busy", 0.2, log),
         lambda: hold(turns, "timing", 0.2, log),
     )
     assert overlapping(log) == []
-    setups = [entry for entry in log if entry[0] == "setting up"]
-    assert setups[0][1] < setups[1][2] and setups[1][1] < setups[0][2], "set-ups did not share"
+    setups = [entry for entry in log if entry[0] == "busy"]
+    assert setups[0][1] < setups[1][2] and setups[1][1] < setups[0][2], "busy work did not share"
 
 
-def test_a_waiting_setup_goes_before_new_timed_checks() -> None:
+def test_waiting_busy_work_goes_before_new_timed_checks() -> None:
     turns, log = Turns(), []  # type: ignore[var-annotated]
     run_all(
         lambda: hold(turns, "timing", 0.2, log),
-        lambda: hold(turns, "setting up", 0.1, log),
+        lambda: hold(turns, "busy", 0.1, log),
         lambda: hold(turns, "timing", 0.1, log),
     )
     assert [entry[0] for entry in sorted(log, key=lambda e: e[1])] == [
         "timing",
-        "setting up",
+        "busy",
         "timing",
     ]
 
@@ -68,22 +68,22 @@ def test_a_waiting_setup_goes_before_new_timed_checks() -> None:
 def test_asking_for_a_turn_inside_one_is_an_error() -> None:
     turns = Turns()
     with (
-        turns.turn("setting up"),
-        pytest.raises(RuntimeError, match="'timing' asked for inside 'setting up'"),
+        turns.turn("busy"),
+        pytest.raises(RuntimeError, match="'timing' asked for inside 'busy'"),
     ):
         turns.begin("timing")
 
 
-def test_setups_go_first_while_timed_checks_wait() -> None:
+def test_busy_work_goes_first_while_timed_checks_wait() -> None:
     """So that all runs' start-ups happen in one burst, then the timed checks."""
     turns, log = Turns(), []  # type: ignore[var-annotated]
     run_all(
-        lambda: hold(turns, "setting up", 0.2, log),
+        lambda: hold(turns, "busy", 0.2, log),
         lambda: hold(turns, "timing", 0.1, log),
-        lambda: hold(turns, "setting up", 0.1, log),
+        lambda: hold(turns, "busy", 0.1, log),
     )
     assert [entry[0] for entry in sorted(log, key=lambda e: e[1])] == [
-        "setting up",
-        "setting up",
+        "busy",
+        "busy",
         "timing",
     ]

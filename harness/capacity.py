@@ -1,0 +1,140 @@
+"""Whether a proxy holds as many streams at once as DorkOS allows.
+
+DorkOS serves up to 500 readers on its global stream (the 501st gets a
+503), and each browser tab holds a stream or two. A proxy in front of it
+should hold 500 streams open at the same moment. Here each stream opens and
+gets its snapshot; once all of them are open, one event is published to
+every stream, and each must receive it.
+
+This is a count, not a timing: how fast is for the benchmark to say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from harness.endpoints import Endpoint, violation
+from harness.mock_dorkos import MockDorkOS
+from harness.sse_client import Dechunker
+from harness.tls import SERVER_NAME
+from harness.turns import busy
+
+STREAMS = 500
+# Streams open over this long, as tabs reconnecting would, not in one burst.
+RAMP_S = 2.0
+# Generous: a proxy that can hold them all has them open in a few seconds.
+ALL_OPEN_WITHIN_S = 30.0
+EVENT_WITHIN_S = 10.0
+
+
+class StreamFailed(Exception):
+    pass
+
+
+async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> bool:
+    """Ask for the stream; whether its body comes chunked."""
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: {SERVER_NAME}\r\nAccept: text/event-stream\r\n"
+        f"Cache-Control: no-cache\r\n\r\n".encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        status_line = head.split(b"\r\n", 1)[0].decode()
+        raise StreamFailed(f"answered {status_line!r}")
+    return b"transfer-encoding: chunked" in head.lower()
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    # As a closed tab does: no TLS goodbye to wait for, the socket goes now.
+    writer.transport.abort()
+    await asyncio.sleep(0)  # the transport lets go of its socket on the next turn
+
+
+async def _read_until(
+    reader: asyncio.StreamReader, dechunker: Dechunker | None, text: bytes, marker: bytes
+) -> bytes:
+    """Read until `marker` has arrived; what came after it."""
+    while marker not in text:
+        data = await reader.read(65536)
+        if not data:
+            raise StreamFailed(f"closed before {marker.decode()!r} arrived")
+        text += dechunker.feed(data) if dechunker else data
+    return text.split(marker, 1)[1]
+
+
+async def _hold_streams(
+    endpoint: Endpoint, mock: MockDorkOS, sessions: list[str]
+) -> list[BaseException | None]:
+    host, port = endpoint.target.base_url.split("://", 1)[1].rsplit(":", 1)
+    context = endpoint.target.ssl_context()
+    context.set_alpn_protocols(["http/1.1"])
+    # Each stream settles once: open with its snapshot, or failed before.
+    settled = 0
+    all_settled = asyncio.Event()
+    published: dict[str, str] = {}
+    events_sent = asyncio.Event()
+
+    def settle() -> None:
+        nonlocal settled
+        settled += 1
+        if settled == len(sessions):
+            all_settled.set()
+
+    async def one(index: int, session: str) -> None:
+        await asyncio.sleep(RAMP_S * index / len(sessions))
+        writer = None
+        is_open = False
+        try:
+            reader, writer = await asyncio.open_connection(
+                host, int(port), ssl=context, server_hostname=SERVER_NAME
+            )
+            chunked = await _request(reader, writer, f"/api/sessions/{session}/events")
+            dechunker = Dechunker() if chunked else None
+            rest = await _read_until(reader, dechunker, b"", b"event: snapshot")
+            rest = await _read_until(reader, dechunker, rest, b"\n\n")
+            is_open = True
+            settle()
+            await events_sent.wait()
+            await asyncio.wait_for(
+                _read_until(reader, dechunker, rest, f"id: {published[session]}".encode()),
+                EVENT_WITHIN_S,
+            )
+        finally:
+            if not is_open:
+                settle()
+            if writer is not None:
+                await _close(writer)
+
+    async def publish_when_all_open() -> None:
+        try:
+            await asyncio.wait_for(all_settled.wait(), RAMP_S + ALL_OPEN_WITHIN_S)
+        finally:
+            # Publish either way, so streams still open do not wait for ever.
+            loop = asyncio.get_running_loop()
+            for session in sessions:
+                published[session] = await loop.run_in_executor(None, mock.publish, session)
+            events_sent.set()
+
+    publisher = asyncio.ensure_future(publish_when_all_open())
+    results = await asyncio.gather(
+        *(one(i, s) for i, s in enumerate(sessions)), return_exceptions=True
+    )
+    await asyncio.gather(publisher, return_exceptions=True)
+    return [r if isinstance(r, BaseException) else None for r in results]
+
+
+def check_holds_streams(endpoint: Endpoint, mock: MockDorkOS) -> str:
+    """All STREAMS streams open at once, and an event reaches every one of them."""
+    sessions = [mock.behave(str(uuid.uuid4()), heartbeat_interval=None) for _ in range(STREAMS)]
+    with busy():  # hundreds of handshakes: not beside another run's timed check
+        errors = asyncio.run(_hold_streams(endpoint, mock, sessions))
+    failed = [e for e in errors if e is not None]
+    if failed:
+        kinds = sorted({f"{type(e).__name__}: {e}" for e in failed})
+        raise violation(
+            endpoint,
+            f"{len(failed)} of {STREAMS} streams failed; all {STREAMS} must be open at "
+            f"once and get their event. Failures: {kinds[:3]}",
+        )
+    return f"{STREAMS} streams open at once; each got the event published to it"

@@ -1,0 +1,47 @@
+"""What every check is run against: a proxy serving one config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from harness.mock_dorkos import MockDorkOS
+from harness.netns import PrivateNetwork
+from harness.sse_client import Target
+
+
+class Endpoint(Protocol):
+    """A proxy serving one config, as the checks see it."""
+
+    @property
+    def proxy(self) -> str: ...  # "nginx" or "caddy"
+
+    @property
+    def label(self) -> str: ...  # what a failure message calls it
+
+    @property
+    def target(self) -> Target: ...
+
+    @property
+    def network(self) -> PrivateNetwork | None: ...  # None: the machine's own
+
+    def log_tail(self, lines: int = 30) -> str: ...
+
+
+Check = Callable[[Endpoint, MockDorkOS], str]
+
+
+def run_check(check: Check, endpoint: Endpoint, mock: MockDorkOS) -> str:
+    """Run one check from inside the endpoint's network, where its 127.0.0.1 is."""
+    network = endpoint.network
+    return check(endpoint, mock) if network is None else network.call(check, endpoint, mock)
+
+
+class ContractViolation(AssertionError):
+    pass
+
+
+def violation(endpoint: Endpoint, message: str) -> ContractViolation:
+    return ContractViolation(
+        f"{endpoint.label}: {message}\n--- proxy log (last lines) ---\n{endpoint.log_tail()}"
+    )
