@@ -38,7 +38,7 @@ async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p
         f"GET {path} HTTP/1.1\r\nHost: {SERVER_NAME}\r\nAccept: text/event-stream\r\n"
         f"Cache-Control: no-cache\r\n\r\n".encode()
     )
-    head = await reader.readuntil(b"\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), ALL_OPEN_WITHIN_S)
     if not head.startswith(b"HTTP/1.1 200"):
         status_line = head.split(b"\r\n", 1)[0].decode()
         raise StreamFailed(f"answered {status_line!r}")
@@ -86,16 +86,23 @@ async def _hold_streams(
         writer = None
         is_open = False
         try:
-            reader, writer = await asyncio.open_connection(
-                host, int(port), ssl=context, server_hostname=SERVER_NAME
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, int(port), ssl=context, server_hostname=SERVER_NAME),
+                ALL_OPEN_WITHIN_S,
             )
             chunked = await _request(reader, writer, f"/api/sessions/{session}/events")
             dechunker = Dechunker() if chunked else None
-            rest = await _read_until(reader, dechunker, b"", b"event: snapshot")
-            rest = await _read_until(reader, dechunker, rest, b"\n\n")
+            rest = await asyncio.wait_for(
+                _read_until(reader, dechunker, b"", b"event: snapshot"), ALL_OPEN_WITHIN_S
+            )
+            rest = await asyncio.wait_for(
+                _read_until(reader, dechunker, rest, b"\n\n"), ALL_OPEN_WITHIN_S
+            )
             is_open = True
             settle()
             await events_sent.wait()
+            if session not in published:
+                raise StreamFailed("no event could be published to it")
             await asyncio.wait_for(
                 _read_until(reader, dechunker, rest, f"id: {published[session]}".encode()),
                 EVENT_WITHIN_S,
@@ -111,10 +118,12 @@ async def _hold_streams(
             await asyncio.wait_for(all_settled.wait(), RAMP_S + ALL_OPEN_WITHIN_S)
         finally:
             # Publish either way, so streams still open do not wait for ever.
-            loop = asyncio.get_running_loop()
-            for session in sessions:
-                published[session] = await loop.run_in_executor(None, mock.publish, session)
-            events_sent.set()
+            try:
+                loop = asyncio.get_running_loop()
+                for session in sessions:
+                    published[session] = await loop.run_in_executor(None, mock.publish, session)
+            finally:
+                events_sent.set()
 
     publisher = asyncio.ensure_future(publish_when_all_open())
     results = await asyncio.gather(

@@ -196,10 +196,17 @@ def _start_and_wait(
 ) -> None:
     container.start()
     if network is not None:
-        # A container that exited at once has no namespace to enter;
-        # the loop below reports that with its log.
-        with contextlib.suppress(OSError, RuntimeError):
+        try:
             network.joined_by(container)
+        except (OSError, RuntimeError) as error:
+            container.reload()
+            # One that exited at once is reported with its log, below.
+            if container.status == "running":
+                raise ContainerFailed(
+                    f"{role} container: could not open its network namespace ({error}). "
+                    f"The tests enter it from this process, so they need root and a "
+                    f"Docker engine on this machine (not a remote or rootless one)."
+                ) from error
         ready = functools.partial(network.call, ready)
     give_up = time.monotonic() + deadline
     last_error: Exception | None = None

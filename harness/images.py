@@ -77,8 +77,9 @@ class ProxyImage:
         if self.open_files_limit is None:
             return {}
         soft, hard = self.open_files_limit
-        # A container can't be given more than the engine has itself (some
-        # sandboxes cap it); what nginx meets first is the soft limit.
+        # A container can't be given more than the engine has itself, and
+        # some sandboxes cap that lower; the engine runs beside the tests
+        # under the same cap. What nginx meets first is the soft limit.
         hard = min(hard, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
         return {"ulimits": [docker.types.Ulimit(name="nofile", soft=soft, hard=hard)]}
 

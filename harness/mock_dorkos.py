@@ -198,9 +198,13 @@ class MockDorkOS:
                 f"the mock DorkOS upstream could not listen on {address[0]}:{address[1]} "
                 f"in {network.name}: {error}"
             ) from error
-        server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._handle, sock=sock), loop
-        ).result(timeout=10)
+        try:
+            server = asyncio.run_coroutine_threadsafe(
+                asyncio.start_server(self._handle, sock=sock), loop
+            ).result(timeout=10)
+        except BaseException:
+            sock.close()
+            raise
         self._private_servers.append(server)
         try:
             yield

@@ -2,9 +2,9 @@
 
 For every directive in a snippet, run the streaming contract with that one
 directive removed (and with lines a reader might add), under the upstream
-behaviours that matter, and record which checks fail. All variants of a
-snippet are served by one proxy container on ports of their own, so their
-minutes of silence run side by side.
+behaviours that matter, and record which checks fail. Every variant gets a
+proxy container and a private network of its own, and all of them run at
+once, so their minutes of silence overlap.
 
 `python -m harness.necessity --write` (make necessity) stores the results in
 data/necessity.json and renders the tables the Reverse Proxy page includes;

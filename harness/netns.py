@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 from docker.models.containers import Container
@@ -56,13 +57,15 @@ class PrivateNetwork:
         if self.owner is None:
             # The reader's domain resolves to the proxy, as DNS would make it;
             # containers that join share this hosts file.
-            return {
+            options: dict[str, Any] = {
                 "network_mode": "none",
                 "extra_hosts": {SERVER_NAME: "127.0.0.1"},
+            }
+            if Path("/proc/sys/net/ipv6").is_dir():
                 # Docker turns IPv6 off in such a namespace; a server's
                 # loopback has ::1, which `localhost` in a config also names.
-                "sysctls": {"net.ipv6.conf.lo.disable_ipv6": "0"},
-            }
+                options["sysctls"] = {"net.ipv6.conf.lo.disable_ipv6": "0"}
+            return options
         return {"network_mode": f"container:{self.owner.id}"}
 
     def joined_by(self, container: Container) -> None:

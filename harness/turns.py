@@ -31,22 +31,31 @@ class Turns:
         self._waiting: dict[Kind, int] = {"busy": 0, "timing": 0}
         self._holding = threading.local()
 
-    def begin(self, kind: Kind) -> None:
+    def begin(self, kind: Kind, wait_at_most: float | None = None) -> bool:
+        """Wait for a turn of `kind`; False if `wait_at_most` seconds passed first."""
         # A thread that waited for a turn while holding one could wait for
         # ever; that is a bug in the caller, so say so at once.
         if getattr(self._holding, "kind", None) is not None:
             raise RuntimeError(f"{kind!r} asked for inside {self._holding.kind!r} on one thread")
         with self._changed:
             self._waiting[kind] += 1
-            self._changed.wait_for(
-                lambda: (
-                    self._phase in (None, kind) and (kind == "busy" or not self._waiting["busy"])
+            try:
+                given = self._changed.wait_for(
+                    lambda: (
+                        self._phase in (None, kind)
+                        and (kind == "busy" or not self._waiting["busy"])
+                    ),
+                    timeout=wait_at_most,
                 )
-            )
-            self._waiting[kind] -= 1
+            finally:
+                self._waiting[kind] -= 1
+                self._changed.notify_all()
+            if not given:
+                return False
             self._phase = kind
             self._active += 1
         self._holding.kind = kind
+        return True
 
     def end(self) -> None:
         self._holding.kind = None
@@ -57,21 +66,23 @@ class Turns:
             self._changed.notify_all()
 
     @contextlib.contextmanager
-    def turn(self, kind: Kind) -> Iterator[None]:
-        self.begin(kind)
+    def turn(self, kind: Kind, wait_at_most: float | None = None) -> Iterator[bool]:
+        """Hold a turn of `kind`; yields False (holding none) if the wait ran out."""
+        held = self.begin(kind, wait_at_most)
         try:
-            yield
+            yield held
         finally:
-            self.end()
+            if held:
+                self.end()
 
 
 # One per process: the CPU they share is the machine's.
 TURNS = Turns()
 
 
-def busy() -> contextlib.AbstractContextManager[None]:
+def busy() -> contextlib.AbstractContextManager[bool]:
     return TURNS.turn("busy")
 
 
-def timing() -> contextlib.AbstractContextManager[None]:
-    return TURNS.turn("timing")
+def timing(wait_at_most: float | None = None) -> contextlib.AbstractContextManager[bool]:
+    return TURNS.turn("timing", wait_at_most)
