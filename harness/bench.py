@@ -264,10 +264,7 @@ def run(lab: ProxyLab, images: list[ProxyImage]) -> dict[str, Any]:
             context = _client_context(https_target(lab.ca).ca_file or "")
             # On the machine's own network: the bench's mock runs in a
             # process of its own there, so the client doesn't share its CPU.
-            with lab.serving(image, [snippet], [HTTPS_PORT], label=label, private=False) as (
-                container,
-                _,
-            ):
+            with lab.serving(image, [snippet], [HTTPS_PORT], label=label) as container:
                 for count in LEVELS:
                     levels.append(
                         measure_level(label, "127.0.0.1", HTTPS_PORT, context, count, container)
@@ -282,10 +279,9 @@ def run(lab: ProxyLab, images: list[ProxyImage]) -> dict[str, Any]:
                     [snippet],
                     [HTTPS_PORT],
                     label=one_core,
-                    private=False,
                     one_core=True,
                     one_core_events=events,
-                ) as (container, _):
+                ) as container:
                     levels.append(
                         measure_level(
                             one_core, "127.0.0.1", HTTPS_PORT, context, max(LEVELS), container

@@ -21,7 +21,7 @@ from harness.certbot_flow import CertbotResult, certbot_nginx
 from harness.containers import ContainerFailed, docker_client, sweep_leftovers
 from harness.images import CERTBOT_NGINX_IMAGE, PEBBLE_IMAGE, ProxyImage, selected_images
 from harness.mock_dorkos import MockDorkOS, MockSettings
-from harness.netns import PrivateNetwork, private_network
+from harness.netns import private_network
 from harness.proxies import (
     Certificates,
     RunningProxy,
@@ -143,6 +143,7 @@ class ProxyLab:
         acme: bool = False,
         one_core_events: Path | None = None,
         one_core: bool = False,
+        shown_as: str | None = None,
     ) -> Iterator[RunningProxy]:
         """Serve one published snippet on port 443 of a private network.
 
@@ -151,11 +152,12 @@ class ProxyLab:
         test CA. The mock upstream listens on that network's port 4242.
         With `one_core`, nginx runs Debian's nginx.conf as on a one-core
         server, with `one_core_events` (a published fragment) in place of
-        its events block if given.
+        its events block if given. `shown_as` is what messages call the
+        snippet, when it is not a file of the repository (a variant).
         """
         workdir = self.run_dir(image.key)
         main_config = self._main_config(image, workdir, one_core, one_core_events)
-        served = relative(snippet)
+        served = shown_as or relative(snippet)
         if main_config is not None:
             served += f", {nginx_main.describe(one_core_events)}"
         label = f"{served} on {image.description}"
@@ -219,42 +221,32 @@ class ProxyLab:
         ports: list[int],
         *,
         label: str,
-        private: bool = True,
         one_core: bool = False,
         one_core_events: Path | None = None,
-    ) -> Iterator[tuple[Container, PrivateNetwork | None]]:
-        """Serve configs for measurements (variants, benchmark) in one container.
+    ) -> Iterator[Container]:
+        """Serve configs on the machine's own network, for the benchmark.
 
-        In a private network with the mock listening there, unless `private`
-        is False: the benchmark runs its own mock on the machine's loopback.
-        `one_core` and `one_core_events` are as for run().
+        The benchmark runs its own mock, in a process of its own, on the
+        machine's loopback. `one_core` and `one_core_events` are as for run().
         """
         workdir = self.run_dir(image.key)
         main_config = self._main_config(image, workdir, one_core, one_core_events)
-        with contextlib.ExitStack() as stack:
-            up = stack.enter_context(self._timed(label))
-            network = None
-            if private:
-                network = stack.enter_context(
-                    private_network(f"the private network of measurements on {image.key}")
-                )
-            container = stack.enter_context(
-                serving(
-                    self.client,
-                    image,
-                    self.tag(image),
-                    configs,
-                    self.ca,
-                    workdir,
-                    ports,
-                    network,
-                    main_config,
-                )
-            )
-            if network is not None:
-                stack.enter_context(self.mock.listening_in(network))
+        with (
+            self._timed(label) as up,
+            serving(
+                self.client,
+                image,
+                self.tag(image),
+                configs,
+                self.ca,
+                workdir,
+                ports,
+                None,
+                main_config,
+            ) as container,
+        ):
             up()
-            yield container, network
+            yield container
 
 
 @contextlib.contextmanager

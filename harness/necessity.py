@@ -24,12 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from harness import contract
-from harness.containers import log_tail
 from harness.images import ProxyImage
 from harness.lab import ProxyLab
-from harness.netns import PrivateNetwork
-from harness.proxies import HTTPS_PORT, RECOMMENDED_SNIPPETS, REPO_ROOT, https_target
-from harness.sse_client import Target
+from harness.proxies import RECOMMENDED_SNIPPETS, REPO_ROOT
 from harness.variants import AS_PUBLISHED, Variant, variants_for
 
 DATA_FILE = REPO_ROOT / "data" / "necessity.json"
@@ -82,20 +79,6 @@ MEASURES = (
 )
 
 
-@dataclass
-class VariantEndpoint:
-    """One variant, served by a proxy of its own."""
-
-    proxy: str
-    label: str
-    target: Target
-    network: PrivateNetwork | None
-    _container: Any
-
-    def log_tail(self, lines: int = 30) -> str:
-        return log_tail(self._container, lines)
-
-
 def measure_image(lab: ProxyLab, image: ProxyImage) -> dict[str, Any]:
     """Run every variant of the image's snippet; which measures each fails.
 
@@ -124,16 +107,9 @@ def _measure_variant(
     # The snippet's own file name, so the proxy's messages read as for it.
     path = lab.run_dir(f"{image.key}-variant") / snippet.name
     path.write_text(variant.render(snippet.read_text(), image.proxy))
-    label = f"{RECOMMENDED_SNIPPETS[image.proxy]} {variant.name} on {image.description}"
-    with lab.serving(image, [path], [HTTPS_PORT], label=label) as (container, network):
-        endpoint = VariantEndpoint(
-            image.proxy,
-            label,
-            https_target(lab.ca),
-            network,
-            container,
-        )
-        futures = contract.run_contract(endpoint, lab.mock, MEASURES)
+    shown_as = f"{RECOMMENDED_SNIPPETS[image.proxy]} {variant.name}"
+    with lab.run(image, path, shown_as=shown_as) as proxy:
+        futures = contract.run_contract(proxy, lab.mock, MEASURES)
         return {
             name: _first_line(future.exception())
             for name, future in futures.items()

@@ -37,14 +37,23 @@ def overlapping(log: list[tuple[str, float, float]]) -> list[tuple[str, str]]:
     ]
 
 
+Log = list[tuple[str, float, float]]
+
+
+def take_turns(*holders: tuple[Kind, float]) -> Log:
+    """Each (kind, seconds) holds a turn on its own thread, started in this order."""
+    turns, log = Turns(), []  # type: Turns, Log
+    run_all(*(lambda k=kind, s=seconds: hold(turns, k, s, log) for kind, seconds in holders))
+    return log
+
+
+def start_order(log: Log) -> list[str]:
+    return [entry[0] for entry in sorted(log, key=lambda entry: entry[1])]
+
+
 def test_kinds_never_overlap_and_each_kind_shares() -> None:
-    turns, log = Turns(), []  # type: ignore[var-annotated]
-    run_all(
-        lambda: hold(turns, "timing", 0.2, log),
-        lambda: hold(turns, "timing", 0.2, log),
-        lambda: hold(turns, "busy", 0.2, log),
-        lambda: hold(turns, "busy", 0.2, log),
-        lambda: hold(turns, "timing", 0.2, log),
+    log = take_turns(
+        ("timing", 0.2), ("timing", 0.2), ("busy", 0.2), ("busy", 0.2), ("timing", 0.2)
     )
     assert overlapping(log) == []
     setups = [entry for entry in log if entry[0] == "busy"]
@@ -52,17 +61,8 @@ def test_kinds_never_overlap_and_each_kind_shares() -> None:
 
 
 def test_waiting_busy_work_goes_before_new_timed_checks() -> None:
-    turns, log = Turns(), []  # type: ignore[var-annotated]
-    run_all(
-        lambda: hold(turns, "timing", 0.2, log),
-        lambda: hold(turns, "busy", 0.1, log),
-        lambda: hold(turns, "timing", 0.1, log),
-    )
-    assert [entry[0] for entry in sorted(log, key=lambda e: e[1])] == [
-        "timing",
-        "busy",
-        "timing",
-    ]
+    log = take_turns(("timing", 0.2), ("busy", 0.1), ("timing", 0.1))
+    assert start_order(log) == ["timing", "busy", "timing"]
 
 
 def test_asking_for_a_turn_inside_one_is_an_error() -> None:
@@ -76,14 +76,18 @@ def test_asking_for_a_turn_inside_one_is_an_error() -> None:
 
 def test_busy_work_goes_first_while_timed_checks_wait() -> None:
     """So that all runs' start-ups happen in one burst, then the timed checks."""
-    turns, log = Turns(), []  # type: ignore[var-annotated]
-    run_all(
-        lambda: hold(turns, "busy", 0.2, log),
-        lambda: hold(turns, "timing", 0.1, log),
-        lambda: hold(turns, "busy", 0.1, log),
-    )
-    assert [entry[0] for entry in sorted(log, key=lambda e: e[1])] == [
-        "busy",
-        "busy",
-        "timing",
-    ]
+    log = take_turns(("busy", 0.2), ("timing", 0.1), ("busy", 0.1))
+    assert start_order(log) == ["busy", "busy", "timing"]
+
+
+def test_a_bounded_wait_gives_up_and_leaves_no_waiter() -> None:
+    turns = Turns()
+    timed = threading.Thread(target=hold, args=(turns, "timing", 0.5, []), daemon=True)
+    timed.start()
+    time.sleep(0.05)
+    with turns.turn("busy", wait_at_most=0.1) as held:
+        assert held is False
+    timed.join(timeout=5)
+    # A busy waiter left counted would keep every timed check out.
+    with turns.turn("timing", wait_at_most=1.0) as held:
+        assert held is True
