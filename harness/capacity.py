@@ -6,26 +6,33 @@ should hold 500 streams open at the same moment. Here each stream opens and
 gets its snapshot; once all of them are open, one event is published to
 every stream, and each must receive it.
 
-This is a count, not a timing: how fast is for the benchmark to say.
+This is a count, not a timing: how fast is for the benchmark to say. The
+deadlines only stop a proxy that holds bytes back from hanging the check;
+they are many times what a healthy proxy took on a busy two-core machine.
+Checks take turns, one run at a time: seven of them at once would be 3,500
+handshakes on two cores, a load no single reader's proxy sees.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 import uuid
 
 from harness.endpoints import Endpoint, violation
 from harness.mock_dorkos import MockDorkOS
 from harness.sse_client import Dechunker
 from harness.tls import SERVER_NAME
-from harness.turns import busy
 
 STREAMS = 500
 # Streams open over this long, as tabs reconnecting would, not in one burst.
 RAMP_S = 2.0
-# Generous: a proxy that can hold them all has them open in a few seconds.
-ALL_OPEN_WITHIN_S = 30.0
-EVENT_WITHIN_S = 10.0
+# A proxy that can hold them all had them open in a few seconds, and each
+# event delivered in well under one.
+ALL_OPEN_WITHIN_S = 60.0
+EVENT_WITHIN_S = 30.0
+_ONE_AT_A_TIME = threading.Lock()
 
 
 class StreamFailed(Exception):
@@ -136,8 +143,10 @@ async def _hold_streams(
 def check_holds_streams(endpoint: Endpoint, mock: MockDorkOS) -> str:
     """All STREAMS streams open at once, and an event reaches every one of them."""
     sessions = [mock.behave(str(uuid.uuid4()), heartbeat_interval=None) for _ in range(STREAMS)]
-    with busy():  # hundreds of handshakes: not beside another run's timed check
+    with _ONE_AT_A_TIME:
+        started = time.monotonic()
         errors = asyncio.run(_hold_streams(endpoint, mock, sessions))
+        took = time.monotonic() - started
     failed = [e for e in errors if e is not None]
     if failed:
         kinds = sorted({f"{type(e).__name__}: {e}" for e in failed})
@@ -146,4 +155,7 @@ def check_holds_streams(endpoint: Endpoint, mock: MockDorkOS) -> str:
             f"{len(failed)} of {STREAMS} streams failed; all {STREAMS} must be open at "
             f"once and get their event. Failures: {kinds[:3]}",
         )
-    return f"{STREAMS} streams open at once; each got the event published to it"
+    return (
+        f"{STREAMS} streams open at once; each got the event published to it "
+        f"({took:.1f} s in all, opening over {RAMP_S:.0f} s)"
+    )

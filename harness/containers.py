@@ -17,7 +17,6 @@ import docker.errors
 from docker.models.containers import Container
 
 from harness.netns import PrivateNetwork
-from harness.turns import busy
 
 # Every container this project starts carries this label, so the leftovers of
 # a crashed run can be found and removed before the next run starts.
@@ -25,6 +24,13 @@ LABEL = "dorkos-docs.harness"
 RUN_ID = uuid.uuid4().hex[:12]
 # The process that started a container: while it lives, nobody sweeps it.
 PID_LABEL = f"{LABEL}.pid"
+
+
+# How long a container may take to become ready. With every run starting at
+# once on two cores, the slowest took about 20 s (a Caddy getting its
+# certificate from the ACME server); a container that is not ready in ten
+# times that is not going to be.
+READY_WITHIN_S = 200.0
 
 
 class EngineUnreachable(RuntimeError):
@@ -136,15 +142,14 @@ def run_to_completion(
     timeout: float = 60.0,
 ) -> tuple[int, str]:
     """Run a one-off command (e.g. a config check); its exit code and output."""
-    with busy():
-        container = client.containers.create(**_run_kwargs(image, command, mounts, role))
-        try:
-            container.start()
-            result = container.wait(timeout=timeout)
-            return int(result["StatusCode"]), container.logs().decode(errors="replace")
-        finally:
-            with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
+    container = client.containers.create(**_run_kwargs(image, command, mounts, role))
+    try:
+        container.start()
+        result = container.wait(timeout=timeout)
+        return int(result["StatusCode"]), container.logs().decode(errors="replace")
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
 
 
 @contextlib.contextmanager
@@ -158,7 +163,7 @@ def running_container(
     network: PrivateNetwork | None,
     ready: Callable[[], None],
     waiting_for: str,
-    deadline: float = 30.0,
+    deadline: float = READY_WITHIN_S,
     **extra: Any,
 ) -> Iterator[Container]:
     """Start a container and yield it once `ready()` stops raising.
@@ -168,21 +173,19 @@ def running_container(
     `ready` is the real readiness signal (a handshake, a response), polled
     inside that network until the deadline. The container is removed on the
     way out, whether the test passed, failed, or was interrupted. `extra`
-    goes to Docker as it is (environment, ...). Starting and removing it
-    wait for timed checks elsewhere to finish (harness.turns).
+    goes to Docker as it is (environment, ...).
     """
     networking = network.docker_options() if network else {"network_mode": "host"}
     container: Container | None = None
     try:
-        with busy():
-            container = client.containers.create(
-                **_run_kwargs(image, command, mounts, role, **networking, **extra)
-            )
-            _start_and_wait(container, role, network, ready, waiting_for, deadline)
+        container = client.containers.create(
+            **_run_kwargs(image, command, mounts, role, **networking, **extra)
+        )
+        _start_and_wait(container, role, network, ready, waiting_for, deadline)
         yield container
     finally:
         if container is not None:
-            with busy(), contextlib.suppress(docker.errors.NotFound):
+            with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
 
 

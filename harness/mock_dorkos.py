@@ -35,6 +35,10 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 
 # Express's json() limit of "1mb" is 1 MiB.
 JSON_BODY_LIMIT = 1024 * 1024
+# Node's default listen backlog. asyncio's is 100: with it, a burst of
+# connections (500 streams opening at once) overflowed the queue and the
+# proxy answered some with 502, which DorkOS itself would have accepted.
+LISTEN_BACKLOG = 511
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,10 @@ class MockSettings:
     # Live events each session stream produces on its own, after the snapshot.
     events_per_stream: int = 0
     event_interval: float = 0.2
+    # Send each scheduled event only once the client has said (`delivered`)
+    # that the previous frame arrived: a proxy that holds a frame back then
+    # stalls the stream outright, whatever the machine's load.
+    paced_by_client: bool = False
     # Seconds between the request and the response headers (a slow upstream).
     first_byte_delay: float = 0.0
     # Bytes of history in the cold-connect snapshot (DorkOS: tens to hundreds
@@ -77,6 +85,8 @@ class RequestRecord:
     status: int = 0
     body_bytes: int = 0
     connection_closed_at: float | None = None
+    # Set once connection_closed_at is: what a test waits on.
+    closed: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     def header(self, name: str) -> str | None:
         values = [v for k, v in self.headers if k.lower() == name.lower()]
@@ -104,6 +114,8 @@ class _Session:
         self.session_id = session_id
         self.log: list[SessionEvent] = []
         self.subscribers: set[asyncio.Queue[SessionEvent]] = set()
+        # Set when a paced client has the last frame sent to it.
+        self.delivered = asyncio.Event()
 
 
 def sse_frame(*, data: str, event: str | None = None, event_id: str | None = None) -> bytes:
@@ -157,7 +169,11 @@ class MockDorkOS:
                 try:
                     self._server = loop.run_until_complete(
                         asyncio.start_server(
-                            self._handle, self.settings.host, self.settings.port, reuse_address=True
+                            self._handle,
+                            self.settings.host,
+                            self.settings.port,
+                            reuse_address=True,
+                            backlog=LISTEN_BACKLOG,
                         )
                     )
                 except BaseException as error:  # reported to the starting thread
@@ -192,7 +208,7 @@ class MockDorkOS:
             raise RuntimeError("the mock is not running")
         address = (self.settings.host, self.settings.port)
         try:
-            sock = network.call(socket.create_server, address)
+            sock = network.call(socket.create_server, address, backlog=LISTEN_BACKLOG)
         except OSError as error:
             raise RuntimeError(
                 f"the mock DorkOS upstream could not listen on {address[0]}:{address[1]} "
@@ -200,7 +216,7 @@ class MockDorkOS:
             ) from error
         try:
             server = asyncio.run_coroutine_threadsafe(
-                asyncio.start_server(self._handle, sock=sock), loop
+                asyncio.start_server(self._handle, sock=sock, backlog=LISTEN_BACKLOG), loop
             ).result(timeout=10)
         except BaseException:
             sock.close()
@@ -288,6 +304,16 @@ class MockDorkOS:
         future = asyncio.run_coroutine_threadsafe(self._publish(session_id, event, payload), loop)
         return future.result(timeout=5).event_id
 
+    def delivered(self, session_id: str) -> None:
+        """A paced client has every frame sent to it so far: send the next."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the mock is not running")
+        loop.call_soon_threadsafe(lambda: self._session(session_id).delivered.set())
+
+    def _session(self, session_id: str) -> _Session:
+        return self._sessions.setdefault(session_id, _Session(session_id))
+
     # -- HTTP ------------------------------------------------------------
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -316,6 +342,7 @@ class MockDorkOS:
             for record in connection.records:
                 if record.connection_closed_at is None:
                     record.connection_closed_at = closed_at
+                    record.closed.set()
             self._writers.discard(writer)
             writer.close()
             with contextlib.suppress(Exception):
@@ -558,7 +585,7 @@ class MockDorkOS:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
-        session = self._sessions.setdefault(session_id, _Session(session_id))
+        session = self._session(session_id)
         cursor = record.header("Last-Event-ID")
         if cursor is None and "after=" in record.target:
             cursor = record.target.split("after=", 1)[1].split("&", 1)[0]
@@ -608,12 +635,16 @@ class MockDorkOS:
         return json.dumps({"sessionId": session.session_id, "messages": [], "history": filler})
 
     async def _scheduled_events(self, session_id: str, settings: MockSettings) -> None:
+        session = self._session(session_id)
         for _ in range(settings.events_per_stream):
+            if settings.paced_by_client:
+                await session.delivered.wait()
+                session.delivered.clear()
             await asyncio.sleep(settings.event_interval)
             await self._publish(session_id, "text_delta", {"text": "Hello"})
 
     async def _publish(self, session_id: str, event: str, payload: dict[str, Any]) -> SessionEvent:
-        session = self._sessions.setdefault(session_id, _Session(session_id))
+        session = self._session(session_id)
         seq = len(session.log) + 1
         event_id = self.event_id(session_id, seq)
         # Each event carries its send time, so a client can measure the delay

@@ -152,7 +152,7 @@ def measure_all(lab: ProxyLab) -> dict[str, Any]:
     return {
         "measured_on": datetime.date.today().isoformat(),
         "silence_s": contract.SILENCE_S,
-        "realtime_bound_ms": contract.REALTIME_BOUND_MS,
+        "held_back_after_s": contract.HELD_BACK_AFTER_S,
         "runs": runs,
     }
 

@@ -224,6 +224,12 @@ class RunningProxy:
     def log_tail(self, lines: int = 30) -> str:
         return log_tail(self.container, lines)
 
+    def stopped_log(self) -> str:
+        """The proxy's whole log once it has stopped, so none of it is still on its way."""
+        self.container.stop(timeout=10)
+        self.container.wait(timeout=60)
+        return bytes(self.container.logs()).decode(errors="replace")
+
 
 @contextlib.contextmanager
 def serving(

@@ -6,7 +6,6 @@ can be trusted to be about the proxy.
 
 from __future__ import annotations
 
-import itertools
 import socket
 import time
 from collections.abc import Iterator
@@ -104,16 +103,36 @@ def test_cold_connect_gets_a_snapshot_then_scheduled_events(
     session_id = SESSION.split("/")[3]
     assert [f.event_id for f in live] == [f"{session_id}-{mock.started_ms}-{n}" for n in (1, 2, 3)]
     assert {f.event for f in live} == {"text_delta"}
-    assert all(f.delay_ms is not None and 0 <= f.delay_ms < 50 for f in live)
+    # Stamped with the send time on the machine's monotonic clock.
+    assert all(f.delay_ms is not None and f.delay_ms >= 0 for f in live)
+
+
+def test_paced_events_wait_for_the_client(mock: MockDorkOS, target: Target) -> None:
+    session_id = SESSION.split("/")[3]
+    settings = {"events_per_stream": 3, "event_interval": 0.0, "paced_by_client": True}
+    with mock.configured(**settings):
+        with open_stream(target, SESSION, read_timeout=0.5) as stream:
+            assert stream.take(1)[0].event == "snapshot"
+            # Nothing more until the client says the snapshot arrived.
+            with pytest.raises(httpx.ReadTimeout):
+                stream.take(1)
+        with open_stream(target, SESSION.replace("0001", "0002")) as stream:
+            assert stream.take(1)[0].event == "snapshot"
+            for seq in (1, 2, 3):
+                mock.delivered(session_id.replace("0001", "0002"))
+                (event,) = stream.take(1)
+                assert event.event_id == mock.event_id(session_id.replace("0001", "0002"), seq)
 
 
 def test_heartbeats_are_comments_at_the_set_interval(mock: MockDorkOS, target: Target) -> None:
+    opened = time.monotonic()
     with mock.configured(heartbeat_interval=0.1), open_stream(target, SESSION) as stream:
         frames = stream.take(4, events_only=False)
     beats = [f for f in frames if f.comment == "keepalive"]
     assert len(beats) == 3
-    gaps = [b.arrived - a.arrived for a, b in itertools.pairwise(beats)]
-    assert all(0.05 < gap < 0.3 for gap in gaps), gaps
+    # The n-th heartbeat can't come before n intervals; a busy machine can
+    # only make it later.
+    assert [b.arrived - opened >= 0.1 * n for n, b in enumerate(beats, 1)] == [True] * 3
 
 
 def test_no_heartbeats_when_off(target: Target) -> None:
@@ -209,14 +228,12 @@ def test_records_headers_and_when_an_idle_stream_closed(mock: MockDorkOS, target
     with open_stream(target, SESSION, headers={"X-Forwarded-For": "192.0.2.7"}) as stream:
         stream.take(1)
         closed_by_client_at = time.monotonic()
-    deadline = time.monotonic() + 2
     (record,) = mock.requests_to(SESSION)
-    while record.connection_closed_at is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert record.closed.wait(timeout=10), "the mock never saw the client's close"
     assert record.header("x-forwarded-for") == "192.0.2.7"
     assert record.version == "HTTP/1.1"
     assert record.connection_closed_at is not None
-    assert record.connection_closed_at - closed_by_client_at < 0.5
+    assert record.connection_closed_at >= closed_by_client_at
 
 
 def test_first_byte_delay(mock: MockDorkOS, target: Target) -> None:
