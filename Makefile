@@ -9,13 +9,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Marker that the venv holds what pyproject.toml asks for.
 INSTALLED := $(VENV)/.installed
+# Each set-up step notes how long it took here; the test run prints them.
+TIMED := scripts/timed
+SETUP_TIMES := .cache/setup-times.tsv
 
 .PHONY: serve site test check lint typecheck host images necessity tested-with bench clean
 
 $(INSTALLED): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(TIMED) "Python packages (venv, pip install)" sh -ec '\
+	  $(PYTHON) -m venv $(VENV); \
+	  $(BIN)/pip install --quiet --upgrade pip; \
+	  $(BIN)/pip install --quiet -e ".[dev]"'
 	touch $@
 
 ## serve: build the site and serve it on http://127.0.0.1:8000 with live reload
@@ -55,7 +59,11 @@ typecheck: $(INSTALLED)
 	$(BIN)/mypy
 
 ## test: everything (venv, engine, images, lint, site build, all tests)
-test: lint typecheck site images
+# The set-up steps run side by side (the engine's packages download while
+# pip installs, images build while the linters run); then the tests.
+test:
+	@mkdir -p $(dir $(SETUP_TIMES)) && printf 'make test\t%s\t\n' "$$(date +%s.%N)" >$(SETUP_TIMES)
+	$(MAKE) --no-print-directory -j4 --output-sync=line lint typecheck site images
 	scripts/run-pytest $(BIN)/pytest
 
 ## check: what CI runs

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sybil.integration.pytest import SybilItem
 
-from harness import flows, necessity, tested_with
+from harness import flows, margins, necessity, setup_times, tested_with
 from harness.lab import ProxyLab, RunTiming
 from harness.lab import proxy_lab as open_proxy_lab
 from harness.snippet_examples import docs_sybil
@@ -64,7 +64,15 @@ def necessity_measured(proxy_lab: ProxyLab) -> dict[str, Any]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Where the proxy runs' time went, for whoever wants the suite faster."""
+    """How far from its bounds this run was, and where the time went."""
+    if setup_times.report():
+        terminalreporter.write_sep("-", "set-up before the tests")
+        for line in setup_times.report():
+            terminalreporter.write_line(line)
+    if margins.worst():
+        terminalreporter.write_sep("-", "waits against their bounds")
+        for margin in margins.worst():
+            terminalreporter.write_line(margin.line())
     if not LAB_TIMINGS:
         return
     startups = sorted(t.startup_s for t in LAB_TIMINGS)

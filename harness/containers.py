@@ -16,6 +16,7 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
+from harness import margins
 from harness.netns import PrivateNetwork
 
 # Every container this project starts carries this label, so the leftovers of
@@ -211,7 +212,8 @@ def _start_and_wait(
                     f"Docker engine on this machine (not a remote or rootless one)."
                 ) from error
         ready = functools.partial(network.call, ready)
-    give_up = time.monotonic() + deadline
+    started = time.monotonic()
+    give_up = started + deadline
     last_error: Exception | None = None
     while True:
         container.reload()
@@ -223,6 +225,7 @@ def _start_and_wait(
             )
         try:
             ready()
+            margins.observe("container ready", time.monotonic() - started, deadline, role)
             return
         except Exception as error:  # not ready yet; remember why
             last_error = error

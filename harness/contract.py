@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from harness import capacity
+from harness import capacity, margins
 from harness.endpoints import (
     Check,
     Endpoint,
@@ -146,6 +146,7 @@ def realtime_under(endpoint: Endpoint, mock: MockDorkOS, *, accel_header: bool) 
             f"got {[f.event for f in frames]}",
         )
     delays = sorted(f.delay_ms or 0.0 for f in live)
+    margins.observe("paced event's delay", delays[-1] / 1000, HELD_BACK_AFTER_S, endpoint.label)
     return (
         f"{condition}: {REALTIME_EVENTS} events, each before the next was sent "
         f"(delays: median {delays[len(delays) // 2]:.1f} ms, worst {delays[-1]:.1f} ms)"
@@ -338,6 +339,7 @@ def check_disconnect(endpoint: Endpoint, mock: MockDorkOS) -> str:
         ) as stream:
             stream.take(frames_first)
         took = _closed_after(endpoint, mock, stream_path(session), time.monotonic())
+        margins.observe("close passed upstream", took, DISCONNECT_BOUND_S, endpoint.label)
         results.append(f"{condition}: {took * 1000:.0f} ms")
     return (
         f"upstream closed {', '.join(results)} after the client left "
@@ -484,9 +486,11 @@ def idle_stream_survives(
             f"a stream with {quiet} for {SILENCE_S:.0f} s did not survive: it ended "
             f"{lasted:.1f} s after opening {ended}; it must stay open",
         )
+    delay_ms = frames[0].delay_ms or 0.0
+    margins.observe("event after the silence", delay_ms / 1000, HELD_BACK_AFTER_S, endpoint.label)
     return (
         f"open after {SILENCE_S:.0f} s with {quiet}; the next event arrived "
-        f"{frames[0].delay_ms or 0.0:.1f} ms after it was sent"
+        f"{delay_ms:.1f} ms after it was sent"
     )
 
 

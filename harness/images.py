@@ -23,6 +23,8 @@ import sys
 import sysconfig
 import tarfile
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,9 +102,11 @@ class ProxyImage:
             return tag
         except docker.errors.ImageNotFound:
             pass
-        log(f"building {tag}: {self.description}")
+        log(f"{self.key}: building {tag}: {self.description}")
+        started = time.time()
         self.build(client, tag)
-        log(f"built {tag}")
+        _note_setup_time(f"image {self.key}", started)
+        log(f"{self.key}: built {tag} in {time.time() - started:.0f} s")
         return tag
 
 
@@ -158,22 +162,25 @@ class DebianImage(ProxyImage):
                 self.suite,
                 str(root),
             ]
-            _run_logged(command, what=f"debootstrap {self.suite}")
+            _run_logged(command, what=f"{self.key}: debootstrap {self.suite}")
             if self.apt_packages:
                 install = (
                     "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install "
                     f"-y -q --no-install-recommends {' '.join(self.apt_packages)}"
                 )
                 _run_logged(
-                    ["chroot", str(root), "/bin/sh", "-euc", install], what="apt-get install"
+                    ["chroot", str(root), "/bin/sh", "-euc", install],
+                    what=f"{self.key}: apt-get install",
                 )
             if self.finish:
                 _run_logged(
                     ["chroot", str(root), "/bin/sh", "-euc", self.finish],
-                    what="finish root filesystem",
+                    what=f"{self.key}: finish root filesystem",
                 )
             archive = Path(work) / "rootfs.tar"
-            _run_logged(["tar", "-C", str(root), "-cf", str(archive), "."], what="tar rootfs")
+            _run_logged(
+                ["tar", "-C", str(root), "-cf", str(archive), "."], what=f"{self.key}: tar rootfs"
+            )
             _import(client, archive, tag, list(self.changes))
 
 
@@ -346,7 +353,7 @@ def _run_logged(command: list[str], *, what: str) -> None:
         ):
             continue  # one line per package is too much; the rest shows progress
         if line.startswith("I: "):
-            log(f"  {line.rstrip()}")
+            log(f"{what.split(':', 1)[0]}:   {line.rstrip()}")
     if process.wait() != 0:
         raise ImageUnavailable(
             f"{what} failed (exit {process.returncode}). Last lines:\n" + "\n".join(tail)
@@ -363,8 +370,22 @@ def _import(client: docker.DockerClient, archive: Path, tag: str, changes: list[
     client.images.get(tag)  # fails loudly if the import did not produce it
 
 
+def _note_setup_time(label: str, started: float) -> None:
+    """Add a step to the set-up times a test run prints (see scripts/timed)."""
+    times = Path(os.environ.get("DORKOS_DOCS_STATE", ".cache")) / "setup-times.tsv"
+    times.parent.mkdir(parents=True, exist_ok=True)
+    with times.open("a") as file:
+        file.write(f"{label}\t{started}\t{time.time()}\n")
+
+
 def ensure_all(client: docker.DockerClient) -> dict[str, str]:
-    return {image.key: image.ensure(client) for image in (*selected_images(), *SUPPORT_IMAGES)}
+    """Every image, built side by side where missing: a build is mostly one
+    process waiting on downloads or on dpkg, so on two cores five at once
+    take about half as long as one after another."""
+    images = (*selected_images(), *SUPPORT_IMAGES)
+    with ThreadPoolExecutor(len(images), thread_name_prefix="image") as pool:
+        tags = list(pool.map(lambda image: image.ensure(client), images))
+    return {image.key: tag for image, tag in zip(images, tags, strict=True)}
 
 
 def main() -> None:
