@@ -280,7 +280,7 @@ def run(lab: ProxyLab, images: list[ProxyImage]) -> dict[str, Any]:
                     [HTTPS_PORT],
                     label=one_core,
                     one_core=True,
-                    one_core_events=events,
+                    events=events,
                 ) as container:
                     levels.append(
                         measure_level(

@@ -16,6 +16,7 @@ handshakes on two cores, a load no single reader's proxy sees.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 import uuid
@@ -155,6 +156,19 @@ async def _hold_streams(endpoint: Endpoint, mock: MockDorkOS, sessions: list[str
     return held
 
 
+# What a proxy logs when it runs out of something streams need.
+_LIMIT = re.compile(
+    r"worker_connections are not enough|Too many open files|\[(?:alert|crit|emerg)\]"
+)
+
+
+def limits_named(endpoint: Endpoint) -> list[str]:
+    """The distinct lines of the proxy's log that name a limit it ran into."""
+    lines = endpoint.log_tail(100_000).splitlines()
+    # nginx's lines start with a time stamp; what follows says what it hit.
+    return sorted({line.split("] ", 1)[-1] for line in lines if _LIMIT.search(line)})[:5]
+
+
 def check_holds_streams(endpoint: Endpoint, mock: MockDorkOS) -> str:
     """All STREAMS streams open at once, and an event reaches every one of them."""
     sessions = [mock.behave(str(uuid.uuid4()), heartbeat_interval=None) for _ in range(STREAMS)]
@@ -166,7 +180,8 @@ def check_holds_streams(endpoint: Endpoint, mock: MockDorkOS) -> str:
         raise violation(
             endpoint,
             f"{len(failed)} of {STREAMS} streams failed; all {STREAMS} must be open at "
-            f"once and get their event. Failures: {kinds[:3]}",
+            f"once and get their event. Failures: {kinds[:3]}. "
+            f"Limits the proxy's log names so far: {limits_named(endpoint) or 'none'}",
         )
     margins.observe("stream open, of 500", held.slowest_open_s, ALL_OPEN_WITHIN_S, endpoint.label)
     margins.observe("event, to 500 streams", held.slowest_event_s, EVENT_WITHIN_S, endpoint.label)

@@ -113,6 +113,7 @@ def certbot_nginx(
     acme: AcmeDirectory,
     command: list[str],
     network: PrivateNetwork,
+    main_config: Path | None = None,
 ) -> Iterator[CertbotResult]:
     relative = str(snippet.relative_to(REPO_ROOT))
     in_nginx = f"/etc/nginx/conf.d/{snippet.name}"
@@ -120,9 +121,13 @@ def certbot_nginx(
         Mount(str(snippet.resolve()), f"/etc/dorkos-docs/{snippet.name}"),
         Mount(str(acme.directory_ca), "/etc/dorkos-docs/acme-directory-ca.pem"),
     ]
-    # certbot edits the config in place, so nginx reads a copy of the
-    # snippet's bytes rather than the read-only mount itself.
-    start = f"cp /etc/dorkos-docs/{snippet.name} {in_nginx} && exec nginx -g 'daemon off;'"
+    # certbot edits the configs in place (nginx.conf too, for its
+    # checkpoints), so nginx reads copies rather than the read-only mounts.
+    copies = [f"cp /etc/dorkos-docs/{snippet.name} {in_nginx}"]
+    if main_config is not None:
+        mounts.append(Mount(str(main_config), "/etc/dorkos-docs/nginx.conf"))
+        copies.append("cp /etc/dorkos-docs/nginx.conf /etc/nginx/nginx.conf")
+    start = " && ".join([*copies, "exec nginx -g 'daemon off;'"])
     with running_container(
         client,
         tag,

@@ -4,14 +4,16 @@
   loopback, exactly as it would from Let's Encrypt; the contract then also
   checks its HTTP-to-HTTPS redirect.
 - An nginx config that serves HTTPS: nginx with certificate files from the
-  test CA at the paths the config names.
-- A fragment of nginx.conf (an events block): Debian's nginx.conf as a
+  test CA at the paths the config names, and, as the page tells readers,
+  the published events block in place of Debian's in nginx.conf.
+- A fragment of nginx.conf (the events block): Debian's nginx.conf as a
   one-core server runs it, with the fragment in place of its own events
   block, serving the published nginx site config.
 - An nginx config that serves plain HTTP only: the starting point the page
   gives certbot. The page's own certbot command turns it into an HTTPS
-  config, and that is what the contract runs; renewal and the page's diff of
-  what certbot changed are checked too.
+  config, and that is what the contract runs (with the published events
+  block, as above); renewal and the page's diff of what certbot changed are
+  checked too.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from harness import certbot_flow
 from harness.contract import PROPERTIES, Property, check_http_redirects_to_https, run_contract
 from harness.images import CERTBOT_NGINX_IMAGE, ProxyImage
 from harness.lab import ProxyLab
-from harness.proxies import RECOMMENDED_SNIPPETS, REPO_ROOT, RunningProxy
+from harness.proxies import NGINX_EVENTS_SNIPPET, RECOMMENDED_SNIPPETS, REPO_ROOT, RunningProxy
 from harness.snippet_examples import SnippetInclude
 
 REDIRECT = Property("http-redirects-to-https", check_http_redirects_to_https)
@@ -113,11 +115,11 @@ def started(
         # The fragment is for a one-core server; it runs with the published
         # site config, and the contract (500 streams included) runs on both.
         site = REPO_ROOT / RECOMMENDED_SNIPPETS["nginx"]
-        with lab.run(image, site, one_core_events=include.snippet) as proxy:
+        with lab.run(image, site, events=include.snippet, one_core=True) as proxy:
             yield proxy, ()
     elif is_certbot_start(include):
         command = certbot_flow.page_command(include.page)
-        with lab.certbot(include.snippet, command) as result:
+        with lab.certbot(include.snippet, command, events=NGINX_EVENTS_SNIPPET) as result:
             yield (
                 result.proxy,
                 (
@@ -126,9 +128,11 @@ def started(
                     Property("certbot-diff-on-page", lambda e, m: _diff_is_current(result, lab)),
                 ),
             )
-    else:
-        with lab.run(image, include.snippet) as proxy:
+    elif include.proxy == "nginx":
+        with lab.run(image, include.snippet, events=NGINX_EVENTS_SNIPPET) as proxy:
             yield proxy, ()
+    else:
+        raise ValueError(f"{include.snippet_name}: no proxy runs {include.proxy} configs")
 
 
 def _renews(result: certbot_flow.CertbotResult) -> str:

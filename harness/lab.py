@@ -124,7 +124,9 @@ class ProxyLab:
     ) -> Path | None:
         if not one_core and events is None:
             return None
-        return nginx_main.one_core(self.client, image, self.tag(image), workdir, events)
+        return nginx_main.debian_nginx_conf(
+            self.client, image, self.tag(image), workdir, events=events, one_core=one_core
+        )
 
     def run_dir(self, role: str) -> Path:
         """A folder of the run's own: runs overlap, and each writes files."""
@@ -141,7 +143,7 @@ class ProxyLab:
         snippet: Path,
         *,
         acme: bool = False,
-        one_core_events: Path | None = None,
+        events: Path | None = None,
         one_core: bool = False,
         shown_as: str | None = None,
     ) -> Iterator[RunningProxy]:
@@ -150,16 +152,16 @@ class ProxyLab:
         With `acme`, the proxy gets its certificate from an ACME server of
         its own, started first (Caddy's automatic HTTPS); otherwise from the
         test CA. The mock upstream listens on that network's port 4242.
-        With `one_core`, nginx runs Debian's nginx.conf as on a one-core
-        server, with `one_core_events` (a published fragment) in place of
-        its events block if given. `shown_as` is what messages call the
-        snippet, when it is not a file of the repository (a variant).
+        nginx runs Debian's nginx.conf with `events` (a published fragment)
+        in place of its events block if given, and as on a one-core server
+        with `one_core`. `shown_as` is what messages call the snippet, when
+        it is not a file of the repository (a variant).
         """
         workdir = self.run_dir(image.key)
-        main_config = self._main_config(image, workdir, one_core, one_core_events)
+        main_config = self._main_config(image, workdir, one_core, events)
         served = shown_as or relative(snippet)
         if main_config is not None:
-            served += f", {nginx_main.describe(one_core_events)}"
+            served += f", {nginx_main.describe(events, one_core)}"
         label = f"{served} on {image.description}"
         with contextlib.ExitStack() as stack:
             up = stack.enter_context(self._timed(label))
@@ -196,17 +198,22 @@ class ProxyLab:
             yield proxy
 
     @contextlib.contextmanager
-    def certbot(self, snippet: Path, command: list[str]) -> Iterator[CertbotResult]:
+    def certbot(
+        self, snippet: Path, command: list[str], *, events: Path | None = None
+    ) -> Iterator[CertbotResult]:
         """Serve a starting config and run the page's certbot command on it."""
         image = CERTBOT_NGINX_IMAGE
         workdir = self.run_dir(image.key)
+        main_config = self._main_config(image, workdir, False, events)
         label = f"{relative(snippet)} with certbot --nginx on {image.description}"
+        if main_config is not None:
+            label += f", {nginx_main.describe(events, False)}"
         with (
             self._timed(label) as up,
             private_network(f"the private network of {label}") as network,
             pebble(self.client, self.tag(PEBBLE_IMAGE), workdir / "acme", network) as acme,
             certbot_nginx(
-                self.client, image, self.tag(image), snippet, acme, command, network
+                self.client, image, self.tag(image), snippet, acme, command, network, main_config
             ) as result,
             self.mock.listening_in(network),
         ):
@@ -222,15 +229,15 @@ class ProxyLab:
         *,
         label: str,
         one_core: bool = False,
-        one_core_events: Path | None = None,
+        events: Path | None = None,
     ) -> Iterator[Container]:
         """Serve configs on the machine's own network, for the benchmark.
 
         The benchmark runs its own mock, in a process of its own, on the
-        machine's loopback. `one_core` and `one_core_events` are as for run().
+        machine's loopback. `one_core` and `events` are as for run().
         """
         workdir = self.run_dir(image.key)
-        main_config = self._main_config(image, workdir, one_core, one_core_events)
+        main_config = self._main_config(image, workdir, one_core, events)
         with (
             self._timed(label) as up,
             serving(

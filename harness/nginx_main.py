@@ -1,11 +1,14 @@
-"""Debian's own nginx.conf, as nginx runs it on a one-core server.
+"""Debian's own nginx.conf, with the page's events block, or as on one core.
+
+The Reverse Proxy page tells nginx readers to put a published fragment
+(snippets/nginx/events.conf) in place of the `events` block of Debian's
+nginx.conf; runs of the page's configs do the same. Everything else is
+Debian's file, byte for byte.
 
 Debian's nginx.conf says `worker_processes auto;`: one worker per core, each
-with `worker_connections 768`. This machine has more than one core, and
-nginx counts the machine's cores, not the container's CPU share, so the
-harness writes the `1` that `auto` means on a one-core server. Everything
-else is Debian's file, byte for byte, except where a published fragment
-(snippets/nginx/events.conf) takes the place of the block it replaces.
+with `worker_connections 768`. nginx counts the machine's cores, not the
+container's CPU share, so to run as on a one-core server the harness writes
+the `1` that `auto` means there.
 """
 
 from __future__ import annotations
@@ -28,29 +31,38 @@ class MainConfigError(ValueError):
     pass
 
 
-def one_core(
+def debian_nginx_conf(
     client: docker.DockerClient,
     image: ProxyImage,
     tag: str,
     workdir: Path,
-    fragment: Path | None = None,
+    *,
+    events: Path | None,
+    one_core: bool,
 ) -> Path:
-    """The image's nginx.conf with one worker, and `fragment` in place of its events block."""
+    """The image's nginx.conf with `events` in place of its events block, and
+    with one worker if `one_core`."""
     code, debian = run_to_completion(client, tag, ["cat", NGINX_CONF], [], f"{image.key}-conf")
     if code != 0:
         raise MainConfigError(f"could not read {NGINX_CONF} from {tag}: {debian}")
-    text, found = _WORKERS.subn("worker_processes 1;", debian)
-    if found != 1:
-        raise MainConfigError(f"{image.description}: {NGINX_CONF} has no `worker_processes auto;`")
-    if fragment is not None:
+    text = debian
+    if one_core:
+        text, found = _WORKERS.subn("worker_processes 1;", text)
+        if found != 1:
+            raise MainConfigError(
+                f"{image.description}: {NGINX_CONF} has no `worker_processes auto;`"
+            )
+    if events is not None:
         if len(_EVENTS_BLOCK.findall(text)) != 1:
             raise MainConfigError(f"{image.description}: {NGINX_CONF} has no one events block")
-        text = _EVENTS_BLOCK.sub(lambda _: fragment.read_text(), text)
+        text = _EVENTS_BLOCK.sub(lambda _: events.read_text(), text)
     path = workdir / "nginx.conf"
     path.write_text(text)
     return path
 
 
-def describe(fragment: Path | None) -> str:
-    where = f" with {relative(fragment)} in place of its events block" if fragment else ""
-    return f"Debian's nginx.conf on one worker, as on a one-core server{where}"
+def describe(events: Path | None, one_core: bool) -> str:
+    parts = [f"{relative(events)} in place of its events block"] if events else []
+    if one_core:
+        parts.append("one worker, as on a one-core server")
+    return "Debian's nginx.conf with " + " and ".join(parts)

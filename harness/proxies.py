@@ -37,6 +37,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Each proxy's recommended HTTPS config: what the measurements and the
 # benchmark run.
 RECOMMENDED_SNIPPETS = {"nginx": "snippets/nginx/dorkos.conf", "caddy": "snippets/caddy/Caddyfile"}
+# What the page tells nginx readers to put in place of Debian's events block.
+NGINX_EVENTS_SNIPPET = REPO_ROOT / "snippets" / "nginx" / "events.conf"
 HTTPS_PORT = 443
 
 
