@@ -11,7 +11,8 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 # Each set-up step notes how long it took here; the test run prints them.
 TIMED := scripts/timed
-SETUP_TIMES := .cache/setup-times.tsv
+export DORKOS_DOCS_STATE ?= .cache
+SETUP_TIMES := $(DORKOS_DOCS_STATE)/setup-times.tsv
 
 .PHONY: serve site test check lint typecheck host images necessity tested-with bench clean
 
@@ -64,7 +65,7 @@ typecheck: $(INSTALLED)
 test:
 	@mkdir -p $(dir $(SETUP_TIMES)) && printf 'make test\t%s\t\n' "$$(date +%s.%N)" >$(SETUP_TIMES)
 	$(MAKE) --no-print-directory -j4 --output-sync=line lint typecheck site images
-	scripts/run-pytest $(BIN)/pytest
+	DORKOS_DOCS_SETUP_TIMES=$(SETUP_TIMES) scripts/run-pytest $(BIN)/pytest
 
 ## check: what CI runs
 check: test

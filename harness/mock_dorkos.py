@@ -6,12 +6,21 @@ default, Node answers such a request with a body delimited by closing the
 connection, and that changes what proxy buffering does. Every behaviour that
 a test may want to vary is a field of `MockSettings`.
 
+Its three durable streams answer on the same paths as DorkOS 0.58 and
+later: a WebSocket to a request that asks for an upgrade (what the web app
+uses), Server-Sent Events to any other (integrations, and the app up to
+0.57). Which one is chosen as Node chooses: a request whose `Connection`
+names `upgrade` and that has an `Upgrade` header goes to the upgrade
+router. The sequencing behind both is one core (harness.mock_streams).
+
 Differences from DorkOS that are deliberate (see docs/how-it-is-tested.md):
 - it binds 127.0.0.1 only by default, where DorkOS binds whatever `localhost`
   resolves to first;
 - live events are produced by a schedule the test sets (or by `publish`),
   not by an agent;
-- login is not modelled: the host guard behaves as with login off.
+- login is not modelled: the host guard and the upgrade router behave as
+  with login off;
+- the terminal socket echoes what is typed instead of running a shell.
 """
 
 from __future__ import annotations
@@ -20,13 +29,32 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import re
 import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Message, Request, TextMessage
+from wsproto.utilities import RemoteProtocolError
+
+from harness.mock_streams import (
+    ResourceLog,
+    SocketSink,
+    SseSink,
+    StreamFrame,
+    StreamSink,
+    beat,
+    deliver,
+    resume_point,
+    serve_socket_input,
+)
 
 if TYPE_CHECKING:
     from harness.netns import PrivateNetwork
@@ -70,6 +98,11 @@ class MockSettings:
     snapshot_bytes: int = 32 * 1024
     # A stream is closed by the server after this long, so nothing leaks.
     max_stream_seconds: float = 600.0
+    # DorkOS serves this many readers of /api/events, SSE and sockets
+    # together; the next gets 503, or a socket closed with 4503.
+    max_global_readers: int = 500
+    # DORKOS_CORS_ORIGIN: when set, the only origins a socket may come from.
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass
@@ -84,6 +117,11 @@ class RequestRecord:
     received_at: float
     status: int = 0
     body_bytes: int = 0
+    # "http", "sse", or "websocket" once the upgrade was accepted.
+    transport: str = "http"
+    # The close code the mock sent on a socket it refused after the handshake.
+    close_code: int | None = None
+    head: bytes = field(default=b"", repr=False)
     connection_closed_at: float | None = None
     # Set once connection_closed_at is: what a test waits on.
     closed: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
@@ -96,36 +134,20 @@ class RequestRecord:
     def path(self) -> str:
         return self.target.split("?", 1)[0]
 
+    def query(self, name: str) -> str | None:
+        values = parse_qs(urlsplit(self.target).query).get(name)
+        return values[0] if values else None
+
+    @property
+    def asks_for_upgrade(self) -> bool:
+        """As Node decides: `Connection` names upgrade and `Upgrade` is there."""
+        tokens = {t.strip().lower() for t in (self.header("Connection") or "").split(",")}
+        return "upgrade" in tokens and self.header("Upgrade") is not None
+
 
 @dataclass
 class _Connection:
     records: list[RequestRecord] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class SessionEvent:
-    seq: int
-    event_id: str
-    frame: bytes
-
-
-class _Session:
-    def __init__(self, session_id: str) -> None:
-        self.session_id = session_id
-        self.log: list[SessionEvent] = []
-        self.subscribers: set[asyncio.Queue[SessionEvent]] = set()
-        # Set when a paced client has the last frame sent to it.
-        self.delivered = asyncio.Event()
-
-
-def sse_frame(*, data: str, event: str | None = None, event_id: str | None = None) -> bytes:
-    lines = []
-    if event_id is not None:
-        lines.append(f"id: {event_id}")
-    if event is not None:
-        lines.append(f"event: {event}")
-    lines.append(f"data: {data}")
-    return ("\n".join(lines) + "\n\n").encode()
 
 
 class _ClientGone(Exception):
@@ -148,7 +170,9 @@ class MockDorkOS:
         self.started_ms = int(time.time() * 1000)
         self.records: list[RequestRecord] = []
         self._records_lock = threading.Lock()
-        self._sessions: dict[str, _Session] = {}
+        self._logs: dict[str, ResourceLog] = {}
+        self._rooms: set[str] = set()
+        self._global_readers = 0
         self._overrides: dict[str, dict[str, Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -269,21 +293,27 @@ class MockDorkOS:
 
     # -- what tests observe and drive -----------------------------------
 
-    def behave(self, session_id: str, **overrides: Any) -> str:
-        """Give one session its own settings; returns the session id.
+    def behave(self, resource_id: str, **overrides: Any) -> str:
+        """Give one session (or room) its own settings; returns its id.
 
         Lets tests run streams that behave differently side by side (an idle
         one, a slow one) through the same proxy at the same time.
         """
         dataclasses.replace(self.settings, **overrides)  # reject unknown names now
-        self._overrides[session_id] = overrides
-        return session_id
+        self._overrides[resource_id] = overrides
+        return resource_id
 
     def settings_for(self, path: str) -> MockSettings:
         parts = path.strip("/").split("/")
-        if len(parts) >= 3 and parts[:2] == ["api", "sessions"] and parts[2] in self._overrides:
-            return dataclasses.replace(self.settings, **self._overrides[parts[2]])
+        resource = parts[2] if len(parts) >= 3 and parts[1] in ("sessions", "rooms") else None
+        if parts[0] == "api" and resource in self._overrides:
+            return dataclasses.replace(self.settings, **self._overrides[resource])
         return self.settings
+
+    def open_room(self, room_id: str) -> str:
+        """A room that exists: its stream answers; any other is refused (404, 4404)."""
+        self._rooms.add(room_id)
+        return room_id
 
     def requests_to(self, path: str) -> list[RequestRecord]:
         with self._records_lock:
@@ -293,26 +323,26 @@ class MockDorkOS:
         with self._records_lock:
             self.records.clear()
 
-    def event_id(self, session_id: str, seq: int) -> str:
-        return f"{session_id}-{self.started_ms}-{seq}"
+    def event_id(self, resource_id: str, seq: int) -> str:
+        return f"{resource_id}-{self.started_ms}-{seq}"
 
-    def publish(self, session_id: str, event: str = "text_delta", **payload: Any) -> str:
-        """Append a live event to a session and send it to its subscribers."""
+    def publish(self, resource_id: str, event: str = "text_delta", **payload: Any) -> str:
+        """Append a live event to a session (or room) and send it to its readers."""
         loop = self._loop
         if loop is None:
             raise RuntimeError("the mock is not running")
-        future = asyncio.run_coroutine_threadsafe(self._publish(session_id, event, payload), loop)
-        return future.result(timeout=5).event_id
+        future = asyncio.run_coroutine_threadsafe(self._publish(resource_id, event, payload), loop)
+        return future.result(timeout=5)
 
-    def delivered(self, session_id: str) -> None:
+    def delivered(self, resource_id: str) -> None:
         """A paced client has every frame sent to it so far: send the next."""
         loop = self._loop
         if loop is None:
             raise RuntimeError("the mock is not running")
-        loop.call_soon_threadsafe(lambda: self._session(session_id).delivered.set())
+        loop.call_soon_threadsafe(lambda: self._log(resource_id).delivered.set())
 
-    def _session(self, session_id: str) -> _Session:
-        return self._sessions.setdefault(session_id, _Session(session_id))
+    def _log(self, resource_id: str) -> ResourceLog:
+        return self._logs.setdefault(resource_id, ResourceLog(resource_id))
 
     # -- HTTP ------------------------------------------------------------
 
@@ -363,7 +393,7 @@ class MockDorkOS:
             if line:
                 name, _, value = line.partition(":")
                 headers.append((name.strip(), value.strip()))
-        record = RequestRecord(method, target, version, headers, peer_ip, received_at)
+        record = RequestRecord(method, target, version, headers, peer_ip, received_at, head=head)
         body = b""
         length = record.header("Content-Length")
         if record.header("Transfer-Encoding") == "chunked":
@@ -394,29 +424,30 @@ class MockDorkOS:
         settings = self.settings_for(record.path)
         if settings.first_byte_delay:
             await asyncio.sleep(settings.first_byte_delay)
+        if record.asks_for_upgrade:
+            # Node hands these to the upgrade router; Express never sees them.
+            await self._upgrade(record, settings, reader, writer)
+            return False
 
         rejection = self._guard(record)
         if rejection is not None:
             status, payload = rejection
             return await self._send_json(record, writer, status, payload)
 
-        parts = record.path.strip("/").split("/")
-        session_route = (
-            (record.method, parts[3])
-            if len(parts) == 4 and parts[:2] == ["api", "sessions"]
-            else None
-        )
+        route = _stream_route(record.path)
         if record.method == "GET" and record.path == "/api/health":
             health = {"status": "ok", "version": "mock", "uptime": 1}
             return await self._send_json(record, writer, 200, health, keep_alive_hint=True)
-        if session_route == ("GET", "events"):
-            await self._stream_session(record, settings, parts[2], reader, writer)
+        if record.method == "GET" and route is not None and route[0] != "terminal":
+            await self._stream_over_sse(record, settings, route, reader, writer)
             return False
-        if session_route == ("POST", "messages"):
+        parts = record.path.strip("/").split("/")
+        if (
+            record.method == "POST"
+            and parts[:2] == ["api", "sessions"]
+            and parts[3:] == ["messages"]
+        ):
             return await self._accept_message(record, writer, body)
-        if record.method == "GET" and record.path == "/api/events":
-            await self._stream_global(record, settings, reader, writer)
-            return False
         if record.method == "GET" and not record.path.startswith("/api/"):
             return await self._send(record, writer, 200, "text/html; charset=UTF-8", INDEX_HTML)
         return await self._send_json(record, writer, 404, {"error": "Not found"})
@@ -435,9 +466,8 @@ class MockDorkOS:
     def _guard(self, record: RequestRecord) -> tuple[int, dict[str, str]] | None:
         settings = self.settings
         host = record.header("Host") or ""
-        # The guard checks the name only, not the port.
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        if settings.host_guard and name not in LOOPBACK_NAMES | settings.trusted_hosts:
+        if settings.host_guard and not self._host_allowed(host):
+            name = _host_name(host)
             return 403, {"code": "HOST_NOT_ALLOWED", "error": f"Host {name!r} is not allowed"}
         origin = record.header("Origin")
         if settings.origin_check and origin is not None:
@@ -446,19 +476,14 @@ class MockDorkOS:
                 return 500, {"code": "INTERNAL_ERROR"}
         return None
 
+    def _host_allowed(self, host: str) -> bool:
+        # The guard checks the name only, not the port.
+        return _host_name(host).lower() in LOOPBACK_NAMES | self.settings.trusted_hosts
+
     def _head(self, record: RequestRecord, status: int, headers: list[tuple[str, str]]) -> bytes:
         record.status = status
-        reason = {
-            200: "OK",
-            202: "Accepted",
-            400: "Bad Request",
-            403: "Forbidden",
-            404: "Not Found",
-            413: "Payload Too Large",
-            500: "Internal Server Error",
-        }[status]
         lines = [
-            f"HTTP/1.1 {status} {reason}",
+            f"HTTP/1.1 {status} {REASONS[status]}",
             "X-Powered-By: Express",
             "Vary: Origin",
             "Access-Control-Allow-Credentials: true",
@@ -525,151 +550,280 @@ class MockDorkOS:
         # the body ends when the connection closes.
         return headers
 
-    @staticmethod
-    def _framer(record: RequestRecord) -> Any:
-        if record.version == "HTTP/1.1":
-            return lambda data: b"%x\r\n%s\r\n" % (len(data), data)
-        return lambda data: data
-
-    async def _watch_for_close(self, reader: asyncio.StreamReader) -> None:
-        # A stream's client sends nothing more; any read returning means it
-        # went away (EOF) or broke the protocol, so the stream ends either way.
-        with contextlib.suppress(ConnectionError):
-            await reader.read(1)
-
-    async def _run_stream(
+    async def _stream_over_sse(
         self,
         record: RequestRecord,
         settings: MockSettings,
+        route: tuple[str, str | None],
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        body: Any,
     ) -> None:
+        kind, resource = route
+        if kind == "room" and resource not in self._rooms:
+            await self._send_json(record, writer, 404, {"error": "Room not found"})
+            return
+        if kind == "global" and self._global_readers >= settings.max_global_readers:
+            await self._send_json(record, writer, 503, {"error": "Too many SSE clients"})
+            return
+        record.transport = "sse"
         writer.write(self._head(record, 200, self._stream_headers(record, settings)))
         await writer.drain()
-        frame = self._framer(record)
+        chunked = record.version == "HTTP/1.1"
 
         async def write(data: bytes) -> None:
-            writer.write(frame(data))
+            writer.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
             await writer.drain()
 
-        watcher = asyncio.ensure_future(self._watch_for_close(reader))
-        producer = asyncio.ensure_future(body(write))
+        sink = SseSink(write, global_stream=kind == "global")
+        if kind == "room":
+            await sink.comment("connected")  # DorkOS flushes the room stream's head so
+        cursor = record.header("Last-Event-ID") or record.query("resume")
+        producer = self._produce(sink, kind, resource, settings, cursor, record.query("after"))
+        await self._run_stream(settings, _watch_for_close(reader), producer)
+
+    async def _run_stream(
+        self,
+        settings: MockSettings,
+        watcher: Coroutine[Any, Any, None],
+        producer: Coroutine[Any, Any, None],
+    ) -> None:
+        """Run a stream until its client goes away (or the stream's time is up)."""
+        watching = asyncio.ensure_future(watcher)
+        producing = asyncio.ensure_future(producer)
         try:
             await asyncio.wait(
-                [watcher, producer],
+                [watching, producing],
                 timeout=settings.max_stream_seconds,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
-            watcher.cancel()
-            producer.cancel()
+            watching.cancel()
+            producing.cancel()
             with contextlib.suppress(BaseException):
-                await producer
+                await producing
         raise _ClientGone
 
-    @staticmethod
-    async def _heartbeats(write: Any, frame: bytes, interval: float | None) -> None:
-        if interval is None:
-            await asyncio.Event().wait()
-            return
-        while True:
-            await asyncio.sleep(interval)
-            await write(frame)
+    # -- the streams, whatever the transport ------------------------------
 
-    async def _stream_session(
+    async def _produce(
         self,
-        record: RequestRecord,
+        sink: StreamSink,
+        kind: str,
+        resource: str | None,
         settings: MockSettings,
-        session_id: str,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        cursor: str | None,
+        after: str | None,
     ) -> None:
-        session = self._session(session_id)
-        cursor = record.header("Last-Event-ID")
-        if cursor is None and "after=" in record.target:
-            cursor = record.target.split("after=", 1)[1].split("&", 1)[0]
-        replay = self._replay_after(session, cursor)
-
-        async def body(write: Any) -> None:
-            queue: asyncio.Queue[SessionEvent] = asyncio.Queue()
-            session.subscribers.add(queue)
+        """What a stream sends: the sequencing core for sessions and rooms."""
+        if kind == "global":
+            self._global_readers += 1
             try:
-                if replay is None:
-                    snapshot = self._snapshot(session, settings.snapshot_bytes)
-                    await write(sse_frame(event="snapshot", data=snapshot))
-                else:
-                    for item in replay:
-                        await write(item.frame)
-                heartbeat = asyncio.ensure_future(
-                    self._heartbeats(write, b": keepalive\n\n", settings.heartbeat_interval)
-                )
-                schedule = asyncio.ensure_future(self._scheduled_events(session_id, settings))
-                try:
-                    while True:
-                        await write((await queue.get()).frame)
-                finally:
-                    heartbeat.cancel()
-                    schedule.cancel()
+                connected = json.dumps({"connectedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ")})
+                await sink.send(StreamFrame("connected", connected))
+                await beat(sink, settings.heartbeat_interval)
             finally:
-                session.subscribers.discard(queue)
+                self._global_readers -= 1
+            return
+        assert resource is not None
+        log = self._log(resource)
 
-        await self._run_stream(record, settings, reader, writer, body)
+        def snapshot() -> StreamFrame:
+            filler = "x" * max(0, settings.snapshot_bytes - 100)
+            key = "sessionId" if kind == "session" else "roomId"
+            return StreamFrame(
+                "snapshot", json.dumps({key: resource, "messages": [], "history": filler})
+            )
 
-    def _replay_after(self, session: _Session, cursor: str | None) -> list[SessionEvent] | None:
-        """Events after a cursor, or None for a cold connect (send a snapshot)."""
-        if cursor is None:
-            return None
-        prefix = f"{session.session_id}-{self.started_ms}-"
-        if not cursor.startswith(prefix):
-            return None  # a cursor from another server start: fresh snapshot
-        try:
-            seq = int(cursor[len(prefix) :])
-        except ValueError:
-            return None
-        return [item for item in session.log if item.seq > seq]
+        await deliver(
+            sink,
+            log,
+            replay_after=resume_point(resource, self.started_ms, cursor, after),
+            snapshot=snapshot,
+            heartbeat_interval=settings.heartbeat_interval,
+            schedule=lambda: self._scheduled_events(resource, settings),
+        )
 
-    @staticmethod
-    def _snapshot(session: _Session, size: int) -> str:
-        filler = "x" * max(0, size - 100)
-        return json.dumps({"sessionId": session.session_id, "messages": [], "history": filler})
-
-    async def _scheduled_events(self, session_id: str, settings: MockSettings) -> None:
-        session = self._session(session_id)
+    async def _scheduled_events(self, resource_id: str, settings: MockSettings) -> None:
+        log = self._log(resource_id)
         for _ in range(settings.events_per_stream):
             if settings.paced_by_client:
-                await session.delivered.wait()
-                session.delivered.clear()
+                await log.delivered.wait()
+                log.delivered.clear()
             await asyncio.sleep(settings.event_interval)
-            await self._publish(session_id, "text_delta", {"text": "Hello"})
+            await self._publish(resource_id, "text_delta", {"text": "Hello"})
 
-    async def _publish(self, session_id: str, event: str, payload: dict[str, Any]) -> SessionEvent:
-        session = self._session(session_id)
-        seq = len(session.log) + 1
-        event_id = self.event_id(session_id, seq)
+    async def _publish(self, resource_id: str, event: str, payload: dict[str, Any]) -> str:
+        log = self._log(resource_id)
         # Each event carries its send time, so a client can measure the delay
         # a proxy adds. CLOCK_MONOTONIC is machine-wide on Linux.
-        data = json.dumps({"seq": seq, "sent": time.monotonic(), **payload})
-        item = SessionEvent(seq, event_id, sse_frame(event=event, event_id=event_id, data=data))
-        session.log.append(item)
-        for queue in list(session.subscribers):
-            queue.put_nowait(item)
-        return item
+        data = json.dumps({"seq": len(log.events) + 1, "sent": time.monotonic(), **payload})
+        return log.append(self.started_ms, event, data).frame.id or ""
 
-    async def _stream_global(
+    # -- WebSocket ---------------------------------------------------------
+
+    async def _upgrade(
         self,
         record: RequestRecord,
         settings: MockSettings,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
-        async def body(write: Any) -> None:
-            connected = json.dumps({"connectedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ")})
-            await write(sse_frame(event="connected", data=connected))
-            beat = b"event: heartbeat\ndata: \n\n"
-            await self._heartbeats(write, beat, settings.heartbeat_interval)
+        """DorkOS's upgrade router: route, origin policy, route checks, then the socket."""
+        route = _stream_route(record.path)
+        if route is None:
+            # An upgrade to a path nobody claims: the socket is destroyed
+            # unanswered ("answering would only tell a scanner what is here").
+            writer.transport.abort()
+            return
+        kind, resource = route
+        trusted = self._origin_trusted(record)
+        if kind == "terminal":
+            # The terminal refuses at the handshake, with an HTTP status.
+            if not trusted:
+                await self._refuse_handshake(record, writer, 403, "Origin not trusted")
+                return
+            if not _is_uuid(resource):
+                await self._refuse_handshake(record, writer, 404, "Not Found")
+                return
+        connection = WSConnection(ConnectionType.SERVER)
+        try:
+            connection.receive_data(record.head)
+            request = next(e for e in connection.events() if isinstance(e, Request))
+        except (RemoteProtocolError, StopIteration):
+            await self._refuse_handshake(record, writer, 400, "Bad Request")
+            return
+        # The `ws` package takes the first subprotocol offered; DorkOS sets none.
+        accept = AcceptConnection(subprotocol=next(iter(request.subprotocols), None))
+        writer.write(connection.send(accept))
+        await writer.drain()
+        record.status, record.transport = 101, "websocket"
 
-        await self._run_stream(record, settings, reader, writer, body)
+        async def write(data: bytes) -> None:
+            writer.write(data)
+            await writer.drain()
+
+        async def read() -> bytes:
+            with contextlib.suppress(ConnectionError):
+                return await reader.read(65536)
+            return b""
+
+        sink = SocketSink(write, connection)
+        refusal = (403, "Origin not trusted") if not trusted else self._refusal(kind, resource)
+        if refusal is not None:
+            # A refused stream completes the handshake and closes at once with
+            # 4000 + the status, which a browser's page can see (a failed
+            # handshake is only ever 1006 to it).
+            status, reason = refusal
+            record.close_code = 4000 + status
+            await write(connection.send(CloseConnection(code=record.close_code, reason=reason)))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(serve_socket_input(read, sink), CLOSE_TIMEOUT_S)
+            return
+        if kind == "terminal":
+            producer = _forever()
+            await sink.binary(b"$ ")
+
+            async def echo(message: Message[Any]) -> None:
+                if isinstance(message, TextMessage):
+                    typed = json.loads(message.data)
+                    if typed.get("type") == "input":
+                        await sink.binary(str(typed.get("data", "")).encode())
+
+            watcher = serve_socket_input(read, sink, echo)
+        else:
+            cursor = record.query("resume")
+            producer = self._produce(sink, kind, resource, settings, cursor, record.query("after"))
+            watcher = serve_socket_input(read, sink)
+        await self._run_stream(settings, watcher, producer)
+
+    def _refusal(self, kind: str, resource: str | None) -> tuple[int, str] | None:
+        """The route's own checks, as DorkOS makes them before a socket opens."""
+        if kind == "global" and self._global_readers >= self.settings.max_global_readers:
+            return 503, "Service Unavailable"
+        if kind == "session" and not _is_uuid(resource):
+            return 400, "Invalid session ID"
+        if kind == "room" and resource not in self._rooms:
+            return 404, "No such room"
+        return None
+
+    def _origin_trusted(self, record: RequestRecord) -> bool:
+        """DorkOS's origin policy for upgrades (lib/trusted-origins.ts), login off."""
+        origin = record.header("Origin")
+        if origin is None:
+            return True  # not a browser: no origin to check, and no host either
+        origin = origin.strip().lower()
+        if origin in ("", "null"):
+            return False
+        if origin in (f"http://localhost:{self.port}", f"http://127.0.0.1:{self.port}"):
+            return True
+        if self.settings.cors_origins:
+            return origin in self.settings.cors_origins
+        # Same origin: the scheme from the first X-Forwarded-Proto (read
+        # whoever sent it), else http; the Host as sent, port included; and
+        # the host's name must be one the host guard allows.
+        forwarded = record.header("X-Forwarded-Proto")
+        scheme = forwarded.split(",")[0].strip().lower() if forwarded else "http"
+        host = (record.header("Host") or "").strip().lower()
+        return self._host_allowed(host) and origin == f"{scheme}://{host}"
+
+    async def _refuse_handshake(
+        self, record: RequestRecord, writer: asyncio.StreamWriter, status: int, reason: str
+    ) -> None:
+        record.status = status
+        writer.write(f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+
+
+# How long a refused socket waits for the client's close frame.
+CLOSE_TIMEOUT_S = 5.0
+REASONS = {
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+_ROUTES = (
+    ("global", re.compile(r"^/api/events$")),
+    ("session", re.compile(r"^/api/sessions/([^/]+)/events$")),
+    ("room", re.compile(r"^/api/rooms/([^/]+)/events$")),
+    ("terminal", re.compile(r"^/api/terminal/([^/]+)/socket$")),
+)
+
+
+def _stream_route(path: str) -> tuple[str, str | None] | None:
+    """(kind, resource id) for the paths DorkOS streams on, as its upgrade router matches them."""
+    for kind, pattern in _ROUTES:
+        found = pattern.match(path)
+        if found:
+            return kind, (found.group(1) if found.groups() else None)
+    return None
+
+
+def _is_uuid(value: str | None) -> bool:
+    try:
+        uuid.UUID(value or "")
+    except ValueError:
+        return False
+    return True
+
+
+def _host_name(host: str) -> str:
+    return host.rsplit(":", 1)[0] if not host.endswith("]") else host
+
+
+async def _forever() -> None:
+    await asyncio.Event().wait()
+
+
+async def _watch_for_close(reader: asyncio.StreamReader) -> None:
+    # A stream's client sends nothing more; any read returning means it went
+    # away (EOF) or broke the protocol, so the stream ends either way.
+    with contextlib.suppress(ConnectionError):
+        await reader.read(1)
 
 
 INDEX_HTML = b"""<!doctype html>

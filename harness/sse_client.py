@@ -87,7 +87,7 @@ class Target:
         return httpx.Client(
             base_url=self.base_url,
             verify=self.ssl_context() if self.base_url.startswith("https") else True,
-            headers={"Host": self.server_name},
+            headers={"Host": self.authority},
             timeout=httpx.Timeout(timeout),
         )
 
@@ -96,9 +96,25 @@ class Target:
         return {"sni_hostname": self.server_name}
 
     @property
+    def scheme(self) -> str:
+        return self.base_url.split(":", 1)[0]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.base_url.split("://", 1)[1].rsplit(":", 1)
+        return host, int(port)
+
+    @property
+    def authority(self) -> str:
+        """The host (and port, unless it is the scheme's default) a browser puts in Host."""
+        port = self.address[1]
+        default = 443 if self.scheme == "https" else 80
+        return self.server_name if port == default else f"{self.server_name}:{port}"
+
+    @property
     def origin(self) -> str:
-        scheme = self.base_url.split(":", 1)[0]
-        return f"{scheme}://{self.server_name}"
+        """What a browser sends as Origin from a page of this site."""
+        return f"{self.scheme}://{self.authority}"
 
 
 class EventStream:
