@@ -14,7 +14,7 @@ TIMED := scripts/timed
 export DORKOS_DOCS_STATE ?= .cache
 SETUP_TIMES := $(DORKOS_DOCS_STATE)/setup-times.tsv
 
-.PHONY: serve site test check lint typecheck host images necessity tested-with bench clean
+.PHONY: serve site test check lint typecheck host browser images necessity tested-with bench clean
 
 $(INSTALLED): pyproject.toml
 	$(TIMED) "Python packages (venv, pip install)" sh -ec '\
@@ -34,6 +34,11 @@ site: $(INSTALLED)
 ## host: a running Docker engine and the image build tools (installs them as root on Debian)
 host:
 	scripts/prepare-host
+
+## browser: Debian's Chromium and certutil for the browser checks (installs them as root on Debian)
+# After host: both use apt, which allows one at a time.
+browser: host
+	scripts/prepare-browser
 
 ## images: build (or reuse) the proxy images the tests run
 images: $(INSTALLED) host
@@ -59,12 +64,12 @@ lint: $(INSTALLED)
 typecheck: $(INSTALLED)
 	$(BIN)/mypy
 
-## test: everything (venv, engine, images, lint, site build, all tests)
+## test: everything (venv, engine, images, browser, lint, site build, all tests)
 # The set-up steps run side by side (the engine's packages download while
 # pip installs, images build while the linters run); then the tests.
 test:
 	@mkdir -p $(dir $(SETUP_TIMES)) && printf 'make test\t%s\t\n' "$$(date +%s.%N)" >$(SETUP_TIMES)
-	$(MAKE) --no-print-directory -j4 --output-sync=line lint typecheck site images
+	$(MAKE) --no-print-directory -j4 --output-sync=line lint typecheck site images browser
 	DORKOS_DOCS_SETUP_TIMES=$(SETUP_TIMES) scripts/run-pytest $(BIN)/pytest
 
 ## check: what CI runs

@@ -79,13 +79,16 @@ def sweep_leftovers(client: docker.DockerClient) -> list[str]:
     networks of their own, so two can share an engine.
     """
     removed = []
-    for container in client.containers.list(all=True, filters={"label": LABEL}):
-        labels = container.labels
+    # The low-level list: it carries each container's labels, where the
+    # high-level one inspects each container afterwards and fails on one
+    # that another run removed in between.
+    for listed in client.api.containers(all=True, filters={"label": LABEL}):
+        labels = listed.get("Labels") or {}
         if labels.get(LABEL) == RUN_ID or _alive(labels.get(PID_LABEL)):
             continue
         with contextlib.suppress(docker.errors.NotFound):
-            container.remove(force=True)
-            removed.append(str(container.name))
+            client.api.remove_container(listed["Id"], force=True)
+            removed.append(str(listed["Names"][0]).lstrip("/"))
     return removed
 
 

@@ -11,20 +11,21 @@ same proxy once its fast checks are done.
 
 from __future__ import annotations
 
+import functools
 import socket
 import ssl
 import threading
 import time
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from harness import capacity, margins
+from harness import browser, capacity
 from harness.endpoints import (
     Check,
     Endpoint,
@@ -33,134 +34,76 @@ from harness.endpoints import (
 )
 from harness.mock_dorkos import MockDorkOS, RequestRecord
 from harness.proxies import tls_handshake
-from harness.sse_client import Frame, Target, open_stream
+from harness.sse_client import Target, open_stream
+from harness.stream_checks import (
+    HELD_BACK_AFTER_S,
+    SILENCE_S,
+    Transport,
+    check_terminal,
+    check_websocket_refusal,
+    check_websocket_upgrade,
+    disconnect,
+    idle_stream_survives,
+    new_session,
+    realtime,
+    resume,
+    stream_path,
+)
 from harness.tls import SERVER_NAME
 
-# Whether events arrive in real time is decided by pacing, not by a bound
-# on delay that a busy machine can eat: the mock sends each event only after
-# the client has the one before, so a proxy that holds an event back stalls
-# the stream outright. This is how long a stalled stream is waited for: ten
-# times and more the worst delay a healthy proxy showed on a busy two-core
-# machine (a few hundred milliseconds), against for ever for a proxy that
-# buffers. The delays themselves are reported, and `make bench` measures
-# them on a quiet machine.
-HELD_BACK_AFTER_S = 5.0
-REALTIME_EVENTS = 8
-# nginx's default proxy_read_timeout is 60 s; a stream or a response must
-# outlast it by a margin to show the config changed it. The silence is timed
-# by the mock from its own last write, which nginx's timer counts from too,
-# so the 5 s margin is the timer's lateness allowed, not the scheduler's.
-SILENCE_S = 65.0
-# When a client goes away, DorkOS frees the subscription at once (older
-# versions also released the session's write lock); the proxy must pass the
-# close on. A proxy that doesn't passes it on at DorkOS's next write, which
-# on an idle stream without heartbeats never comes; a healthy one took
-# milliseconds under load. The bound is far from both.
-DISCONNECT_BOUND_S = 10.0
 # Just under Express's 1 MiB json() limit, as a long pasted message would be.
 LARGE_JSON_BYTES = 1_000_000
 CLIENT_IP = "127.0.0.1"
 
+
 # What DorkOS needs forwarded, and the value each header must carry when a
-# browser on this machine opens https://dorkos.example.com:
-# - Host: the host guard checks it, and WebSocket upgrades compare Origin to it;
-# - X-Forwarded-Proto: DorkOS trusts one proxy hop, and a same-origin POST
-#   fails its Origin check without `https` here;
+# browser on this machine opens https://dorkos.example.com (with the port,
+# if the site is served on another than 443):
+# - Host: the host guard checks its name, and sockets and POSTs compare the
+#   browser's Origin with it, port included;
+# - X-Forwarded-Proto: the scheme of that comparison; DorkOS trusts one proxy
+#   hop for it;
 # - X-Forwarded-For: the client address DorkOS logs and rate-limits by.
 # nginx's snippet also sets X-Real-IP; Caddy sets the X-Forwarded-* headers
 # by default (X-Forwarded-Host too, as the page says) and X-Real-IP not at all.
-EXPECTED_FORWARDED_HEADERS = {
-    "nginx": {
-        "Host": SERVER_NAME,
-        "X-Real-IP": CLIENT_IP,
+def expected_forwarded_headers(endpoint: Endpoint) -> dict[str, str]:
+    host = endpoint.target.authority
+    if endpoint.proxy == "nginx":
+        return {
+            "Host": host,
+            "X-Real-IP": CLIENT_IP,
+            "X-Forwarded-For": CLIENT_IP,
+            "X-Forwarded-Proto": "https",
+        }
+    return {
+        "Host": host,
         "X-Forwarded-For": CLIENT_IP,
         "X-Forwarded-Proto": "https",
-    },
-    "caddy": {
-        "Host": SERVER_NAME,
-        "X-Forwarded-For": CLIENT_IP,
-        "X-Forwarded-Proto": "https",
-        "X-Forwarded-Host": SERVER_NAME,
-    },
-}
-
-
-def new_session(mock: MockDorkOS, **behaviour: Any) -> str:
-    return mock.behave(str(uuid.uuid4()), **behaviour)
-
-
-def stream_path(session_id: str) -> str:
-    return f"/api/sessions/{session_id}/events"
+        "X-Forwarded-Host": host,
+    }
 
 
 # -- fast properties -----------------------------------------------------
 
 
 def check_realtime(endpoint: Endpoint, mock: MockDorkOS) -> str:
-    """Every event reaches the client before the next one is sent.
+    """Every event reaches the client before the next one is sent, over SSE.
 
     Checked twice: with the upstream sending `X-Accel-Buffering: no` (which
     turns nginx's buffering off by itself) and without it (older DorkOS
     routes), so the config has to do the work.
     """
-    return "; ".join(realtime_under(endpoint, mock, accel_header=a) for a in (True, False))
-
-
-def realtime_under(endpoint: Endpoint, mock: MockDorkOS, *, accel_header: bool) -> str:
-    condition = f"upstream {'sends' if accel_header else 'omits'} X-Accel-Buffering: no"
-    session = new_session(
-        mock,
-        accel_buffering_header=accel_header,
-        events_per_stream=REALTIME_EVENTS,
-        event_interval=0.0,
-        paced_by_client=True,
-        heartbeat_interval=None,
-    )
-    frames: list[Frame] = []
-    with open_stream(
-        endpoint.target, stream_path(session), read_timeout=HELD_BACK_AFTER_S
-    ) as stream:
-        if stream.response.status_code != 200:
-            raise violation(
-                endpoint,
-                f"{condition}: stream answered {stream.response.status_code}, expected 200",
-            )
-        for index in range(1 + REALTIME_EVENTS):
-            try:
-                (frame,) = stream.take(1)
-            except (httpx.ReadTimeout, httpx.RemoteProtocolError) as error:
-                what = "the snapshot" if index == 0 else f"event {index} of {REALTIME_EVENTS}"
-                raise violation(
-                    endpoint,
-                    f"{condition}: {what} did not arrive within {HELD_BACK_AFTER_S:.0f} s "
-                    f"({type(error).__name__}); each event is sent only once the one "
-                    f"before it has arrived, so the proxy is holding the stream back",
-                ) from error
-            frames.append(frame)
-            mock.delivered(session)
-    live = [f for f in frames if f.event_id is not None]
-    if frames[0].event != "snapshot" or len(live) != REALTIME_EVENTS:
-        raise violation(
-            endpoint,
-            f"{condition}: expected a snapshot and {REALTIME_EVENTS} events, "
-            f"got {[f.event for f in frames]}",
-        )
-    delays = sorted(f.delay_ms or 0.0 for f in live)
-    margins.observe("paced event's delay", delays[-1] / 1000, HELD_BACK_AFTER_S, endpoint.label)
-    return (
-        f"{condition}: {REALTIME_EVENTS} events, each before the next was sent "
-        f"(delays: median {delays[len(delays) // 2]:.1f} ms, worst {delays[-1]:.1f} ms)"
-    )
+    return "; ".join(realtime(endpoint, mock, "sse", accel_header=accel) for accel in (True, False))
 
 
 def check_forwarded_headers(endpoint: Endpoint, mock: MockDorkOS) -> str:
     """The upstream sees who the client is and how it connected."""
-    return forwarded_headers(endpoint, mock, EXPECTED_FORWARDED_HEADERS[endpoint.proxy])
+    return forwarded_headers(endpoint, mock, expected_forwarded_headers(endpoint))
 
 
 def check_headers_dorkos_reads(endpoint: Endpoint, mock: MockDorkOS) -> str:
     """Only what DorkOS itself reads (X-Real-IP is for other tools' logs)."""
-    expected = EXPECTED_FORWARDED_HEADERS[endpoint.proxy]
+    expected = expected_forwarded_headers(endpoint)
     return forwarded_headers(
         endpoint, mock, {k: v for k, v in expected.items() if k != "X-Real-IP"}
     )
@@ -182,21 +125,22 @@ def forwarded_headers(endpoint: Endpoint, mock: MockDorkOS, expected: dict[str, 
     wrong = {
         name: seen.header(name) for name, value in expected.items() if seen.header(name) != value
     }
+    problems = []
     if wrong:
-        raise violation(
-            endpoint,
+        problems.append(
             f"the upstream saw {wrong}; expected { ({k: expected[k] for k in wrong}) }. "
-            f"All headers it saw: {seen.headers}",
+            f"All headers it saw: {seen.headers}"
         )
     if health.status_code != 200:
-        raise violation(endpoint, f"GET /api/health answered {health.status_code}: {health.text}")
+        problems.append(f"GET /api/health answered {health.status_code}: {health.text}")
     if post.status_code != 202:
-        raise violation(
-            endpoint,
+        problems.append(
             f"a browser's POST with Origin {endpoint.target.origin} answered "
             f"{post.status_code} ({post.text}); DorkOS accepts it (202) only when "
-            f"X-Forwarded-Proto and Host match the Origin",
+            f"X-Forwarded-Proto and Host match the Origin"
         )
+    if problems:
+        raise violation(endpoint, "; and ".join(problems))
     return ", ".join(f"{k}: {v}" for k, v in expected.items()) + "; browser POST: 202"
 
 
@@ -311,76 +255,6 @@ def check_http_redirects_to_https(endpoint: Endpoint, mock: MockDorkOS) -> str:
     return f"{response.status_code} to {location}"
 
 
-def _closed_after(endpoint: Endpoint, mock: MockDorkOS, path: str, since: float) -> float:
-    """Seconds from `since` until the upstream saw the stream's connection close."""
-    (record,) = mock.requests_to(path)
-    if not record.closed.wait(timeout=DISCONNECT_BOUND_S):
-        raise violation(
-            endpoint,
-            f"the client closed its stream, and {DISCONNECT_BOUND_S:.0f} s later the "
-            f"upstream connection was still open; bound {DISCONNECT_BOUND_S:.0f} s",
-        )
-    assert record.connection_closed_at is not None
-    return record.connection_closed_at - since
-
-
-def check_disconnect(endpoint: Endpoint, mock: MockDorkOS) -> str:
-    """A client that goes away is gone upstream within the bound."""
-    results = []
-    for condition, behaviour, frames_first in (
-        ("while events flow", {"events_per_stream": 10_000, "event_interval": 0.05}, 4),
-        # No heartbeats: a proxy that waits for DorkOS's next write to notice
-        # the client has gone would then wait for ever.
-        ("while the stream is idle", {"heartbeat_interval": None}, 1),
-    ):
-        session = new_session(mock, **behaviour)
-        with open_stream(
-            endpoint.target, stream_path(session), read_timeout=HELD_BACK_AFTER_S
-        ) as stream:
-            stream.take(frames_first)
-        took = _closed_after(endpoint, mock, stream_path(session), time.monotonic())
-        margins.observe("close passed upstream", took, DISCONNECT_BOUND_S, endpoint.label)
-        results.append(f"{condition}: {took * 1000:.0f} ms")
-    return (
-        f"upstream closed {', '.join(results)} after the client left "
-        f"(bound {DISCONNECT_BOUND_S:.0f} s)"
-    )
-
-
-def check_resume(endpoint: Endpoint, mock: MockDorkOS) -> str:
-    """A reconnect with Last-Event-ID gets every missed event exactly once."""
-    session = new_session(mock)
-    path = stream_path(session)
-    with open_stream(endpoint.target, path, read_timeout=HELD_BACK_AFTER_S) as stream:
-        stream.take(1)  # the snapshot
-        seen = [mock.publish(session, n=n) for n in range(3)]
-        received = [f.event_id for f in stream.take(3)]
-    if received != seen:
-        raise violation(endpoint, f"live events: expected {seen}, got {received}")
-    missed = [mock.publish(session, n=n) for n in range(3, 6)]
-    with open_stream(
-        endpoint.target,
-        path,
-        headers={"Last-Event-ID": seen[-1]},
-        read_timeout=HELD_BACK_AFTER_S,
-    ) as stream:
-        replayed = [f.event_id or f.event for f in stream.take(3)]
-        live = mock.publish(session, n=6)
-        then = stream.take(1)[0].event_id
-    cursor = mock.requests_to(path)[-1].header("Last-Event-ID")
-    if cursor != seen[-1]:
-        raise violation(
-            endpoint, f"the upstream got Last-Event-ID {cursor!r}; the client sent {seen[-1]!r}"
-        )
-    if [*replayed, then] != [*missed, live]:
-        raise violation(
-            endpoint,
-            f"after reconnecting from {seen[-1]}: expected the missed events {missed} "
-            f"and then {live}, got {[*replayed, then]}",
-        )
-    return f"Last-Event-ID passed unchanged; {len(missed)} missed events replayed once"
-
-
 def check_not_compressed_or_cached(endpoint: Endpoint, mock: MockDorkOS) -> str:
     """Streams reach the browser uncompressed, and every open reaches DorkOS."""
     session = new_session(mock)
@@ -444,56 +318,6 @@ def check_ordinary_traffic(endpoint: Endpoint, mock: MockDorkOS) -> str:
 # -- slow properties (a minute of silence each, run side by side) --------------
 
 
-def check_idle_stream_survives(endpoint: Endpoint, mock: MockDorkOS) -> str:
-    """A stream with no bytes for SILENCE_S stays open and delivers the next event.
-
-    With heartbeats off: a resumed DorkOS stream writes nothing until the next
-    event or heartbeat, and the config must not depend on the heartbeat.
-    """
-    return idle_stream_survives(endpoint, mock, heartbeat_interval=None)
-
-
-def idle_stream_survives(
-    endpoint: Endpoint, mock: MockDorkOS, *, heartbeat_interval: float | None
-) -> str:
-    # The mock sends one event SILENCE_S after its snapshot, timed from its
-    # own write: the moment a proxy's read timeout starts counting from.
-    session = new_session(
-        mock,
-        heartbeat_interval=heartbeat_interval,
-        events_per_stream=1,
-        event_interval=SILENCE_S,
-    )
-    quiet = (
-        "no bytes" if heartbeat_interval is None else f"only {heartbeat_interval:.0f}-s heartbeats"
-    )
-    opened = time.monotonic()
-    with open_stream(
-        endpoint.target, stream_path(session), read_timeout=SILENCE_S + HELD_BACK_AFTER_S
-    ) as stream:
-        stream.take(1)  # the snapshot; then nothing but heartbeats until the event
-        try:
-            frames = stream.take(1)
-        except (httpx.ReadTimeout, httpx.RemoteProtocolError) as error:
-            frames = []
-            ended = f"({type(error).__name__})"
-        else:
-            ended = "(the stream ended)"
-    lasted = time.monotonic() - opened
-    if not frames:
-        raise violation(
-            endpoint,
-            f"a stream with {quiet} for {SILENCE_S:.0f} s did not survive: it ended "
-            f"{lasted:.1f} s after opening {ended}; it must stay open",
-        )
-    delay_ms = frames[0].delay_ms or 0.0
-    margins.observe("event after the silence", delay_ms / 1000, HELD_BACK_AFTER_S, endpoint.label)
-    return (
-        f"open after {SILENCE_S:.0f} s with {quiet}; the next event arrived "
-        f"{delay_ms:.1f} ms after it was sent"
-    )
-
-
 def check_slow_first_byte(endpoint: Endpoint, mock: MockDorkOS) -> str:
     """A response that starts after SILENCE_S reaches the client, not a 502/504."""
     session = new_session(mock, first_byte_delay=SILENCE_S)
@@ -522,6 +346,11 @@ class Property:
     slow: bool = False
 
 
+def on(transport: Transport, check: Callable[..., str], **options: Any) -> Check:
+    """A check of both transports' streams, run on one of them."""
+    return functools.partial(check, transport=transport, **options)
+
+
 # Every snippet is run through these, reported in this order.
 # ("accepts-config-and-starts" is reported first by the evaluator itself.)
 PROPERTIES = (
@@ -529,12 +358,26 @@ PROPERTIES = (
     Property("forwarded-headers", check_forwarded_headers),
     Property("https", check_https),
     Property("tls-1.2-and-1.3-only", check_tls_versions),
-    Property("idle-stream-survives", check_idle_stream_survives, slow=True),
+    Property(
+        "idle-stream-survives", on("sse", idle_stream_survives, heartbeat_interval=None), slow=True
+    ),
     Property("slow-first-byte", check_slow_first_byte, slow=True),
-    Property("disconnect-reaches-upstream", check_disconnect),
-    Property("resume-with-last-event-id", check_resume),
+    Property("disconnect-reaches-upstream", on("sse", disconnect)),
+    Property("resume-with-last-event-id", on("sse", resume)),
     Property("not-compressed-or-cached", check_not_compressed_or_cached),
     Property("ordinary-traffic", check_ordinary_traffic),
+    Property("websocket-upgrade", check_websocket_upgrade),
+    Property("websocket-frames-in-real-time", on("websocket", realtime)),
+    Property(
+        "websocket-idle-survives",
+        on("websocket", idle_stream_survives, heartbeat_interval=None),
+        slow=True,
+    ),
+    Property("websocket-disconnect-reaches-upstream", on("websocket", disconnect)),
+    Property("websocket-resume", on("websocket", resume)),
+    Property("websocket-refusal-reaches-browser", check_websocket_refusal),
+    Property("terminal-websocket", check_terminal),
+    Property("in-chromium", browser.check_in_chromium),
     Property(f"holds-{capacity.STREAMS}-streams", capacity.check_holds_streams),
 )
 

@@ -23,6 +23,7 @@ from harness.images import CERTBOT_NGINX_IMAGE, PEBBLE_IMAGE, ProxyImage, select
 from harness.mock_dorkos import MockDorkOS, MockSettings
 from harness.netns import private_network
 from harness.proxies import (
+    HTTPS_PORT,
     Certificates,
     RunningProxy,
     proxy_version,
@@ -120,12 +121,23 @@ class ProxyLab:
                 self.timings.append(RunTiming(label, ready_at[0] - began, time.monotonic() - began))
 
     def _main_config(
-        self, image: ProxyImage, workdir: Path, one_core: bool, events: Path | None
+        self,
+        image: ProxyImage,
+        workdir: Path,
+        one_core: bool,
+        events: Path | None,
+        log_level: str | None = None,
     ) -> Path | None:
-        if not one_core and events is None:
+        if not one_core and events is None and log_level is None:
             return None
         return nginx_main.debian_nginx_conf(
-            self.client, image, self.tag(image), workdir, events=events, one_core=one_core
+            self.client,
+            image,
+            self.tag(image),
+            workdir,
+            events=events,
+            one_core=one_core,
+            log_level=log_level,
         )
 
     def run_dir(self, role: str) -> Path:
@@ -146,6 +158,8 @@ class ProxyLab:
         events: Path | None = None,
         one_core: bool = False,
         shown_as: str | None = None,
+        port: int = HTTPS_PORT,
+        nginx_log_level: str | None = None,
     ) -> Iterator[RunningProxy]:
         """Serve one published snippet on port 443 of a private network.
 
@@ -155,10 +169,12 @@ class ProxyLab:
         nginx runs Debian's nginx.conf with `events` (a published fragment)
         in place of its events block if given, and as on a one-core server
         with `one_core`. `shown_as` is what messages call the snippet, when
-        it is not a file of the repository (a variant).
+        it is not a file of the repository (a variant). `port` is where the
+        config serves HTTPS, if not 443. `nginx_log_level` sets the level of
+        Debian's error log, to see what it leaves out by default.
         """
         workdir = self.run_dir(image.key)
-        main_config = self._main_config(image, workdir, one_core, events)
+        main_config = self._main_config(image, workdir, one_core, events, nginx_log_level)
         served = shown_as or relative(snippet)
         if main_config is not None:
             served += f", {nginx_main.describe(events, one_core)}"
@@ -183,6 +199,7 @@ class ProxyLab:
                         network,
                         main_config,
                         served,
+                        port,
                     )
                 )
             except ContainerFailed as error:

@@ -24,7 +24,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from wsproto import ConnectionState, WSConnection
+from wsproto import WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
 
 Transport = Literal["sse", "websocket"]

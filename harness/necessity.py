@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import contract
+from harness import stream_checks as streams
 from harness.images import ProxyImage
 from harness.lab import ProxyLab
 from harness.proxies import RECOMMENDED_SNIPPETS, REPO_ROOT
@@ -42,27 +43,31 @@ class Measure(contract.Property):
     shows_when: str | None = None
 
 
+_IDLE = (
+    "when a stream carries no bytes for over 60 s (DorkOS's 15 s heartbeats prevent "
+    "this on its own streams)"
+)
+
 MEASURES = (
     Measure(
-        "real time (upstream sends X-Accel-Buffering: no)",
-        functools.partial(contract.realtime_under, accel_header=True),
+        "SSE real time (upstream sends X-Accel-Buffering: no)",
+        functools.partial(streams.realtime, transport="sse", accel_header=True),
     ),
     Measure(
-        "real time (upstream omits X-Accel-Buffering)",
-        functools.partial(contract.realtime_under, accel_header=False),
+        "SSE real time (upstream omits X-Accel-Buffering)",
+        functools.partial(streams.realtime, transport="sse", accel_header=False),
         shows_when="on DorkOS routes that omit X-Accel-Buffering: no",
     ),
     Measure(
-        "idle stream survives (15 s heartbeats)",
-        functools.partial(contract.idle_stream_survives, heartbeat_interval=15.0),
+        "SSE idle stream survives (15 s heartbeats)",
+        functools.partial(streams.idle_stream_survives, transport="sse", heartbeat_interval=15.0),
         slow=True,
     ),
     Measure(
-        "idle stream survives (no heartbeats)",
-        functools.partial(contract.idle_stream_survives, heartbeat_interval=None),
+        "SSE idle stream survives (no heartbeats)",
+        functools.partial(streams.idle_stream_survives, transport="sse", heartbeat_interval=None),
         slow=True,
-        shows_when="when a stream carries no bytes for over 60 s (DorkOS's 15 s "
-        "heartbeats prevent this on its own streams)",
+        shows_when=_IDLE,
     ),
     Measure(
         "response that starts after 65 s",
@@ -72,10 +77,38 @@ MEASURES = (
     ),
     Measure("headers DorkOS reads", contract.check_headers_dorkos_reads),
     Measure("https", contract.check_https),
-    Measure("disconnect reaches upstream", contract.check_disconnect),
-    Measure("resume with Last-Event-ID", contract.check_resume),
+    Measure(
+        "SSE disconnect reaches upstream", functools.partial(streams.disconnect, transport="sse")
+    ),
+    Measure("SSE resume with Last-Event-ID", functools.partial(streams.resume, transport="sse")),
     Measure("not compressed or cached", contract.check_not_compressed_or_cached),
     Measure("ordinary traffic", contract.check_ordinary_traffic),
+    Measure("WebSocket upgrade", streams.check_websocket_upgrade),
+    Measure("WebSocket real time", functools.partial(streams.realtime, transport="websocket")),
+    Measure(
+        "WebSocket idle survives (15 s heartbeats)",
+        functools.partial(
+            streams.idle_stream_survives, transport="websocket", heartbeat_interval=15.0
+        ),
+        slow=True,
+    ),
+    Measure(
+        "WebSocket idle survives (no heartbeats)",
+        functools.partial(
+            streams.idle_stream_survives, transport="websocket", heartbeat_interval=None
+        ),
+        slow=True,
+        shows_when=_IDLE,
+    ),
+    Measure(
+        "WebSocket disconnect reaches upstream",
+        functools.partial(streams.disconnect, transport="websocket"),
+    ),
+    Measure(
+        "WebSocket resume with ?resume=", functools.partial(streams.resume, transport="websocket")
+    ),
+    Measure("WebSocket refusal reaches the browser", streams.check_websocket_refusal),
+    Measure("terminal WebSocket", streams.check_terminal),
 )
 
 
@@ -118,6 +151,8 @@ def _measure_variant(
 
 
 def _change(variant: Variant) -> str | None:
+    if variant.table_label is not None:
+        return "~" + variant.table_label
     if variant.removes is not None:
         return f"-{variant.removes}"
     if variant.replaces is not None:
@@ -151,8 +186,8 @@ def measure_all(lab: ProxyLab) -> dict[str, Any]:
     runs = [run.result() for run in start(lab)]
     return {
         "measured_on": datetime.date.today().isoformat(),
-        "silence_s": contract.SILENCE_S,
-        "held_back_after_s": contract.HELD_BACK_AFTER_S,
+        "silence_s": streams.SILENCE_S,
+        "held_back_after_s": streams.HELD_BACK_AFTER_S,
         "runs": runs,
     }
 
@@ -171,7 +206,14 @@ def verdicts(results: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
 # claim about need: the measured columns say that).
 WHAT_IT_DOES = {
     "proxy_http_version 1.1": "Talks HTTP/1.1 to DorkOS (nginx's default is 1.0).",
-    "proxy_set_header Host": "Forwards the host name the browser used.",
+    "proxy_set_header Host": "Forwards the Host the browser sent, port included "
+    "(`$host` would drop the port).",
+    "proxy_set_header Upgrade": "Passes the browser's `Upgrade: websocket` on to DorkOS.",
+    "proxy_set_header Connection $connection_upgrade": "Asks DorkOS to upgrade when the "
+    "browser did (`upgrade`), and sends `close` otherwise, as nginx does by default.",
+    "Use `proxy_set_header Connection '';`": "Sends no `Connection` header, so no "
+    "request ever asks DorkOS to upgrade.",
+    "Map `''` to `''`": "Sends no `Connection` header on a plain request, instead of `close`.",
     "proxy_set_header X-Real-IP": "Sends the client's address in its own header.",
     "proxy_set_header X-Forwarded-For": "Appends the client's address to the forwarding chain.",
     "proxy_set_header X-Forwarded-Proto": "Tells DorkOS the scheme the browser used.",
@@ -179,7 +221,6 @@ WHAT_IT_DOES = {
     "proxy_cache off": "Never serves a response from a cache (off is nginx's default).",
     "proxy_read_timeout": "How long nginx waits between two reads from DorkOS (default 60 s).",
     "proxy_send_timeout": "How long nginx waits between two writes to DorkOS (default 60 s).",
-    "proxy_set_header Connection ''": "Sends DorkOS no `Connection: close`.",
     "chunked_transfer_encoding off": "Does not use chunked encoding towards the browser.",
     "flush_interval -1": "Writes each piece of the response to the client at once; on "
     "Caddy 2.6 to 2.8 it also keeps the request to DorkOS open after the client leaves.",
@@ -224,9 +265,9 @@ def render_table(results: dict[str, Any], proxy: str) -> str:
         if first["variant"] == AS_PUBLISHED:
             continue
         per_run = {r["description"]: sorted(r["variants"][index]["fails"]) for r in runs}
-        added = first["change"].startswith("+")
+        added = first["change"].startswith(("+", "~"))
         change = first["change"][1:]
-        label = f"Add `{change}`" if added else f"Remove `{change}`"
+        label = {"+": f"Add `{change}`", "-": f"Remove `{change}`", "~": change}[first["change"][0]]
         if len({tuple(f) for f in per_run.values()}) == 1:
             fails = next(iter(per_run.values()))
             what = ", ".join(fails) if fails else "nothing"

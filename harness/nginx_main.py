@@ -24,6 +24,7 @@ from harness.proxies import relative
 
 NGINX_CONF = "/etc/nginx/nginx.conf"
 _WORKERS = re.compile(r"^worker_processes\s+auto;$", re.MULTILINE)
+_ERROR_LOG = re.compile(r"^(error_log\s+\S+);$", re.MULTILINE)
 _EVENTS_BLOCK = re.compile(r"^events\s*\{.*?^\}\n", re.MULTILINE | re.DOTALL)
 
 
@@ -39,9 +40,10 @@ def debian_nginx_conf(
     *,
     events: Path | None,
     one_core: bool,
+    log_level: str | None = None,
 ) -> Path:
-    """The image's nginx.conf with `events` in place of its events block, and
-    with one worker if `one_core`."""
+    """The image's nginx.conf with `events` in place of its events block, with
+    one worker if `one_core`, and its error log at `log_level` if given."""
     code, debian = run_to_completion(client, tag, ["cat", NGINX_CONF], [], f"{image.key}-conf")
     if code != 0:
         raise MainConfigError(f"could not read {NGINX_CONF} from {tag}: {debian}")
@@ -56,6 +58,10 @@ def debian_nginx_conf(
         if len(_EVENTS_BLOCK.findall(text)) != 1:
             raise MainConfigError(f"{image.description}: {NGINX_CONF} has no one events block")
         text = _EVENTS_BLOCK.sub(lambda _: events.read_text(), text)
+    if log_level is not None:
+        text, found = _ERROR_LOG.subn(rf"\1 {log_level};", text)
+        if found != 1:
+            raise MainConfigError(f"{image.description}: {NGINX_CONF} has no one error_log line")
     path = workdir / "nginx.conf"
     path.write_text(text)
     return path

@@ -292,9 +292,11 @@ def run_proxy(
     network: PrivateNetwork,
     main_config: Path | None = None,
     label: str | None = None,
+    port: int = HTTPS_PORT,
 ) -> Iterator[RunningProxy]:
-    """Serve one published snippet, byte for byte, on port 443 of `network`."""
+    """Serve one snippet, byte for byte, on `port` (443) of `network`."""
     with serving(
-        client, image, tag, [snippet], ca, workdir, [HTTPS_PORT], network, main_config
+        client, image, tag, [snippet], ca, workdir, [port], network, main_config
     ) as container:
-        yield RunningProxy(image, label or relative(snippet), container, https_target(ca), network)
+        target = https_target(ca, port)
+        yield RunningProxy(image, label or relative(snippet), container, target, network)

@@ -29,6 +29,9 @@ class Variant:
     # One directive (as for `removes`) and the lines that take its place,
     # e.g. to give Caddy's one-line reverse_proxy a block of subdirectives.
     replaces: tuple[str, tuple[str, ...]] | None = None
+    # How the measurements' table words the change, when "Add" or "Remove"
+    # would not say it (a line used in place of another).
+    table_label: str | None = None
 
     def _line_of(self, directive: str, lines: list[str], proxy: str) -> int:
         matching = [i for i, line in enumerate(lines) if _directive(line, proxy) == directive]
@@ -105,6 +108,22 @@ ADDITIONS = {
     "nginx": (
         Variant(
             "with gzip for text/event-stream", adds=("gzip on;", "gzip_types text/event-stream;")
+        ),
+        # The SSE-only recipe of older guides (and of this page, once).
+        Variant(
+            "with Connection ''",
+            replaces=(
+                "proxy_set_header Connection $connection_upgrade",
+                ("proxy_set_header Connection '';",),
+            ),
+            table_label="Use `proxy_set_header Connection '';` (older guides' SSE recipe) "
+            "in place of `$connection_upgrade`",
+        ),
+        # What a plain request sends DorkOS: nginx's own `close`, or nothing.
+        Variant(
+            "with '' mapped to ''",
+            replaces=("''      close", ("''      '';",)),
+            table_label="Map `''` to `''` (no `Connection` header) in place of `close`",
         ),
     ),
     "caddy": (

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -75,26 +76,32 @@ def test_container_is_removed_when_a_test_fails_inside(lab: ProxyLab) -> None:
 
 
 @dataclass
-class FakeContainer:
-    name: str
-    labels: dict[str, str]
-    removed: bool = False
+class FakeEngine:
+    """The engine's container list, as the low-level API gives it."""
 
-    def remove(self, force: bool) -> None:
-        self.removed = True
+    listed: list[dict[str, Any]]
+    removed: list[str] = field(default_factory=list)
+
+    def containers(self, **_: Any) -> list[dict[str, Any]]:
+        return self.listed
+
+    def remove_container(self, container_id: str, force: bool) -> None:
+        self.removed.append(container_id)
 
 
 def test_sweep_removes_only_what_dead_runs_left() -> None:
     dead_pid = str(2**22 + 1)  # above Linux's largest pid, so never alive
-    containers = [
-        FakeContainer("crashed", {LABEL: "old", PID_LABEL: dead_pid}),
-        FakeContainer("unlabelled-pid", {LABEL: "older"}),
-        FakeContainer("other-live-run", {LABEL: "other", PID_LABEL: "1"}),
-        FakeContainer("this-run", {LABEL: RUN_ID, PID_LABEL: dead_pid}),
-    ]
-    client = SimpleNamespace(containers=SimpleNamespace(list=lambda **_: containers))
+    engine = FakeEngine(
+        [
+            {"Id": "1", "Names": ["/crashed"], "Labels": {LABEL: "old", PID_LABEL: dead_pid}},
+            {"Id": "2", "Names": ["/unlabelled-pid"], "Labels": {LABEL: "older"}},
+            {"Id": "3", "Names": ["/other-live-run"], "Labels": {LABEL: "other", PID_LABEL: "1"}},
+            {"Id": "4", "Names": ["/this-run"], "Labels": {LABEL: RUN_ID, PID_LABEL: dead_pid}},
+        ]
+    )
+    client = SimpleNamespace(api=engine)
     assert sweep_leftovers(client) == ["crashed", "unlabelled-pid"]  # type: ignore[arg-type]
-    assert [c.removed for c in containers] == [True, True, False, False]
+    assert engine.removed == ["1", "2"]
 
 
 def test_unreachable_engine_is_named(monkeypatch: pytest.MonkeyPatch) -> None:

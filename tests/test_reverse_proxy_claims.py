@@ -9,15 +9,21 @@ fails when that file no longer says what the suite measures.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness import capacity, contract, necessity
-from harness.endpoints import ContractViolation, run_check
+from harness import browser, capacity, contract, necessity, stream_checks
+from harness.containers import Mount, run_to_completion
+from harness.endpoints import Check, ContractViolation, run_check
+from harness.images import ProxyImage
 from harness.lab import ProxyLab
-from harness.proxies import RECOMMENDED_SNIPPETS, REPO_ROOT
-from harness.variants import AS_PUBLISHED
+from harness.proxies import NGINX_EVENTS_SNIPPET, RECOMMENDED_SNIPPETS, REPO_ROOT
+from harness.tls import SERVER_NAME
+from harness.variants import AS_PUBLISHED, variants_for
 
 # The one measurement run (every variant on every proxy version, a minute of
 # silence each, all side by side) starts when the lab opens; the first test
@@ -77,9 +83,9 @@ def test_page_tables_are_rendered_from_the_committed_data() -> None:
 # -- Common issues on the page: each symptom appears with the broken config
 # -- and not with the published one.
 
-REALTIME_WITHOUT_ACCEL = "real time (upstream omits X-Accel-Buffering)"
-IDLE_NO_HEARTBEATS = "idle stream survives (no heartbeats)"
-IDLE_HEARTBEATS = "idle stream survives (15 s heartbeats)"
+REALTIME_WITHOUT_ACCEL = "SSE real time (upstream omits X-Accel-Buffering)"
+IDLE_NO_HEARTBEATS = "SSE idle stream survives (no heartbeats)"
+IDLE_HEARTBEATS = "SSE idle stream survives (15 s heartbeats)"
 SLOW_RESPONSE = "response that starts after 65 s"
 
 
@@ -98,7 +104,7 @@ def test_events_held_back_by_nginx_buffering(necessity_measured: dict[str, Any])
         assert REALTIME_WITHOUT_ACCEL in failed, f"{desc}: no batching without proxy_buffering off"
         assert "holding the stream back" in failed[REALTIME_WITHOUT_ACCEL]
         # DorkOS's own X-Accel-Buffering: no switches nginx's buffering off.
-        assert not [m for m in failed if m.startswith("real time (upstream sends")]
+        assert not [m for m in failed if m.startswith("SSE real time (upstream sends")]
 
 
 def test_caddy_streams_events_at_once_without_flush_interval(
@@ -107,7 +113,7 @@ def test_caddy_streams_events_at_once_without_flush_interval(
     """Caddy flushes text/event-stream by itself; the Caddyfile has no flush_interval."""
     assert "flush_interval" not in (REPO_ROOT / RECOMMENDED_SNIPPETS["caddy"]).read_text()
     for desc, failed in fails(necessity_measured, "caddy", AS_PUBLISHED).items():
-        assert not [m for m in failed if m.startswith("real time")], f"{desc}: {failed}"
+        assert not [m for m in failed if "real time" in m], f"{desc}: {failed}"
 
 
 def test_idle_stream_dropped_at_60_s_without_read_timeout(
@@ -120,7 +126,7 @@ def test_idle_stream_dropped_at_60_s_without_read_timeout(
         assert IDLE_NO_HEARTBEATS in failed, f"{desc}: the idle stream survived"
         # nginx's 60 s timer, not something else, and before the event at 65 s.
         lasted = seconds_in(failed[IDLE_NO_HEARTBEATS], r"ended ([0-9.]+) s after opening")
-        assert 60 <= lasted < contract.SILENCE_S, failed[IDLE_NO_HEARTBEATS]
+        assert 60 <= lasted < stream_checks.SILENCE_S, failed[IDLE_NO_HEARTBEATS]
         assert IDLE_HEARTBEATS not in failed, f"{desc}: heartbeats did not keep it open"
 
 
@@ -131,7 +137,7 @@ def test_long_response_is_504_without_read_timeout(necessity_measured: dict[str,
     ).items():
         assert SLOW_RESPONSE in failed, f"{desc}: the slow response got through"
         took = seconds_in(failed[SLOW_RESPONSE], r"got 504 Gateway Time-out after ([0-9.]+) s")
-        assert 60 <= took < contract.SILENCE_S, failed[SLOW_RESPONSE]
+        assert 60 <= took < stream_checks.SILENCE_S, failed[SLOW_RESPONSE]
 
 
 @pytest.mark.parametrize(
@@ -156,13 +162,13 @@ def test_flush_interval_keeps_dorkos_streams_open_on_caddy_26(
 ) -> None:
     """Why the published Caddyfile leaves flush_interval -1 out."""
     failed = fails(necessity_measured, "caddy", "with flush_interval -1")
-    assert "disconnect reaches upstream" in failed[CADDY_26]
+    assert "SSE disconnect reaches upstream" in failed[CADDY_26]
     assert failed[CADDY_211] == {}
 
 
 def test_encode_holds_events_back_on_caddy_26_only(necessity_measured: dict[str, Any]) -> None:
     failed = fails(necessity_measured, "caddy", "with encode gzip")
-    assert "real time (upstream sends X-Accel-Buffering: no)" in failed[CADDY_26]
+    assert "SSE real time (upstream sends X-Accel-Buffering: no)" in failed[CADDY_26]
     assert set(failed[CADDY_211]) == {"not compressed or cached"}
 
 
@@ -197,11 +203,130 @@ def test_highlighted_lines_are_the_ones_measured_to_matter() -> None:
 def test_debian_events_block_runs_out_before_500_streams_on_one_core(
     proxy_lab: ProxyLab,
 ) -> None:
+    """With 768 connections a worker, one worker can't hold 500 streams' 1,000.
+
+    nginx either reuses (closes) connections still waiting for their request,
+    logged at `warn`, or, with none left to reuse, refuses new ones, logged
+    at `alert`; which of the two happens depends on timing. Debian's error
+    log shows only the second, so the test reads the log at `warn`, where
+    either names the limit.
+    """
     site = REPO_ROOT / RECOMMENDED_SNIPPETS["nginx"]
     for image in proxy_lab.images_for("nginx"):
-        with proxy_lab.run(image, site, one_core=True) as proxy:
+        with proxy_lab.run(image, site, one_core=True, nginx_log_level="warn") as proxy:
             with pytest.raises(ContractViolation) as failed:
                 run_check(capacity.check_holds_streams, proxy, proxy_lab.mock)
             log = proxy.stopped_log()
         assert f"of {capacity.STREAMS} streams failed" in str(failed.value)
         assert "768 worker_connections are not enough" in log, f"{image.key}: {failed.value}"
+
+
+# -- WebSockets: "The app loads but replies never appear", and ports.
+
+
+def _variant_text(proxy: str, name: str) -> str:
+    text = (REPO_ROOT / RECOMMENDED_SNIPPETS[proxy]).read_text()
+    (variant,) = [v for v in variants_for(text, proxy) if v.name == name]
+    return variant.render(text, proxy)
+
+
+def _outcomes(
+    lab: ProxyLab, runs: list[tuple[ProxyImage, str, str]], checks: Mapping[str, Check], **run: Any
+) -> dict[tuple[str, str], dict[str, str]]:
+    """{(image key, config label): {check: summary, or 'FAIL: why'}}, all runs side by side."""
+
+    def one(image: ProxyImage, label: str, text: str) -> dict[str, str]:
+        config = lab.run_dir("claim") / Path(RECOMMENDED_SNIPPETS[image.proxy]).name
+        config.write_text(text)
+        results = {}
+        with lab.run(image, config, shown_as=label, **run) as proxy:
+            for name, check in checks.items():
+                try:
+                    results[name] = run_check(check, proxy, lab.mock)
+                except ContractViolation as failed:
+                    results[name] = "FAIL: " + str(failed).split("\n--- proxy log")[0]
+        return results
+
+    with ThreadPoolExecutor(len(runs)) as pool:
+        futures = {(i.key, label): pool.submit(one, i, label, text) for i, label, text in runs}
+        return {key: future.result() for key, future in futures.items()}
+
+
+def test_sse_recipe_of_older_guides_breaks_the_apps_sockets_in_chromium(
+    proxy_lab: ProxyLab,
+) -> None:
+    """Common issue: "The app loads, but replies never appear"."""
+    old = _variant_text("nginx", "with Connection ''")
+    runs = [(image, "Connection ''", old) for image in proxy_lab.images_for("nginx")]
+    for (image, _), seen in _outcomes(
+        proxy_lab, runs, {"chromium": browser.check_in_chromium}, events=NGINX_EVENTS_SNIPPET
+    ).items():
+        chromium = seen["chromium"]
+        assert chromium.startswith("FAIL"), f"{image}: Chromium's sockets worked: {chromium}"
+        assert "Unexpected response code: 200" in chromium, chromium
+        assert "never opened, closed with 1006" in chromium, chromium
+        # The same page's EventSource, on the same path, still works.
+        assert "EventSource got" not in chromium, chromium
+
+
+PORT = 8443
+
+
+def test_host_must_keep_the_port_the_browser_used(proxy_lab: ProxyLab) -> None:
+    """ "Port and scheme": on https://dorkos.example.com:8443, `$host` breaks sockets."""
+    nginx = (REPO_ROOT / RECOMMENDED_SNIPPETS["nginx"]).read_text()
+    assert "proxy_set_header Host $http_host;" in nginx
+    on_port = nginx.replace("listen 443 ssl;", f"listen {PORT} ssl;")
+    caddy = (REPO_ROOT / RECOMMENDED_SNIPPETS["caddy"]).read_text()
+    runs = [
+        *((i, "$http_host", on_port) for i in proxy_lab.images_for("nginx")),
+        *(
+            (i, "$host", on_port.replace("Host $http_host;", "Host $host;"))
+            for i in proxy_lab.images_for("nginx")
+        ),
+        *(
+            (i, "as published", caddy.replace(f"{SERVER_NAME} {{", f"{SERVER_NAME}:{PORT} {{"))
+            for i in proxy_lab.images_for("caddy")
+        ),
+    ]
+    checks = {
+        "socket": stream_checks.check_websocket_upgrade,
+        "post": contract.check_headers_dorkos_reads,
+        "chromium": browser.check_in_chromium,
+    }
+    seen = _outcomes(proxy_lab, runs, checks, port=PORT)
+    for (image, label), results in seen.items():
+        failed = {name: r for name, r in results.items() if r.startswith("FAIL")}
+        if label == "$host":
+            assert "close code 4403 'Origin not trusted'" in failed.get("socket", ""), results
+            assert "answered 500" in failed.get("post", ""), results
+            assert "closed with 4403" in failed.get("chromium", ""), results
+        else:
+            assert failed == {}, f"{image} {label}: {failed}"
+
+
+MAP_BLOCK = re.compile(r"^map \$http_upgrade \$connection_upgrade \{.*?^\}\n", re.M | re.S)
+
+
+@pytest.mark.parametrize("where", ["in the server block", "at the top of nginx.conf"])
+def test_nginx_refuses_the_map_outside_http(proxy_lab: ProxyLab, where: str) -> None:
+    """The page: the map goes in a conf.d file (inside http {}), nowhere else."""
+    site = (REPO_ROOT / RECOMMENDED_SNIPPETS["nginx"]).read_text()
+    (block,) = MAP_BLOCK.findall(site)
+    image = proxy_lab.images_for("nginx")[0]
+    folder = proxy_lab.run_dir("map")
+    if where == "in the server block":
+        config = folder / "dorkos.conf"
+        config.write_text(site.replace(block, "").replace("server {\n", "server {\n" + block, 1))
+        command = ["nginx", "-t"]
+        mounts = [Mount(str(config), "/etc/nginx/conf.d/dorkos.conf")]
+    else:
+        config = folder / "nginx.conf"
+        config.write_text(f"events {{}}\n{block}http {{}}\n")
+        command = ["nginx", "-t", "-c", "/etc/dorkos-docs/nginx.conf"]
+        mounts = [Mount(str(config), "/etc/dorkos-docs/nginx.conf")]
+    code, output = run_to_completion(
+        proxy_lab.client, proxy_lab.tag(image), command, mounts, role="map-check"
+    )
+    assert code != 0, output
+    assert '"map" directive is not allowed here' in output, output

@@ -14,8 +14,15 @@ CADDY = (REPO_ROOT / "snippets/caddy/Caddyfile").read_text()
 def test_every_location_directive_but_proxy_pass_is_measured() -> None:
     found = directives(NGINX, "nginx")
     assert "proxy_buffering off" in found
-    assert "proxy_set_header Connection ''" in found
-    assert not [d for d in found if d.startswith(("proxy_pass", "listen", "ssl_"))]
+    assert "proxy_set_header Connection $connection_upgrade" in found
+    assert not [d for d in found if d.startswith(("proxy_pass", "listen", "ssl_", "default"))]
+
+
+def test_the_old_sse_recipe_is_measured_in_place_of_the_upgrade_header() -> None:
+    (old,) = [v for v in variants_for(NGINX, "nginx") if v.name == "with Connection ''"]
+    text = old.render(NGINX, "nginx")
+    assert "proxy_set_header Connection '';" in text
+    assert "$connection_upgrade;" not in text.split("location", 1)[1]
 
 
 def test_removal_drops_exactly_that_line() -> None:

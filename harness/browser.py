@@ -1,0 +1,228 @@
+"""A real browser: Debian's Chromium, headless, opening DorkOS's streams as its app does.
+
+The raw clients send what the checks tell them to; a browser sends what
+browsers send: its own Origin, its own WebSocket handshake (offering
+permessage-deflate), HTTP/2 where the proxy offers it, and it enforces
+its own rules on what comes back (a handshake answered 200 is an error,
+not a stream). So every published config is also loaded in Chromium, as
+https://dorkos.example.com with the run's certificate authority trusted the
+way a reader's own CA would be (an NSS database in the browser's home),
+and the page's own JavaScript opens the streams:
+
+- a WebSocket to a session stream, as the app (0.58 and later) does, which
+  must deliver the snapshot and the events after it;
+- an EventSource to another, as integrations and the app up to 0.57 do;
+- a WebSocket to the global stream, which must say `connected`;
+- a WebSocket DorkOS refuses (an unknown room), whose close code 4404 the
+  page must see.
+
+Chromium runs inside the run's private network, like every other check
+(it is started from the thread that entered it), so it reaches the proxy
+at 127.0.0.1 and nothing else at all.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from harness.endpoints import Endpoint, violation
+from harness.mock_dorkos import MockDorkOS
+from harness.stream_checks import HELD_BACK_AFTER_S, new_session
+from harness.tls import SERVER_NAME
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Chromium is the heaviest thing a run starts; two at once keep both cores
+# busy without crowding out the proxies being checked.
+_AT_ONCE = threading.BoundedSemaphore(2)
+EVENTS = 3
+# How long the page waits for each stream: generous, as every wait here
+# (a browser starting on a busy machine takes seconds).
+STREAM_WAIT_S = 4 * HELD_BACK_AFTER_S
+LAUNCH_WAIT_S = 120.0
+# The flags Debian's Chromium needs to run headless as root in a container's
+# network, with nothing of its own reaching out.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    f"--host-resolver-rules=MAP {SERVER_NAME} 127.0.0.1",
+]
+
+# Runs in the page: the app's way of opening each stream, and what came of it.
+PAGE_SCRIPT = """
+async ({session, sseSession, room, events, waitMs}) => {
+  const wsUrl = (path) => {
+    const url = new URL(path, location.href);
+    url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    return url.href;
+  };
+  const socket = (path, want) => new Promise((resolve) => {
+    const got = {events: [], opened: false};
+    const ws = new WebSocket(wsUrl(path));
+    const done = (extra) => { clearTimeout(timer); resolve({...got, ...extra}); };
+    const timer = setTimeout(() => { ws.close(); done({timedOut: true}); }, waitMs);
+    ws.onopen = () => { got.opened = true; };
+    ws.onmessage = (message) => {
+      const frame = JSON.parse(message.data);
+      if (frame.event === '__heartbeat') return;
+      got.events.push(frame.event);
+      if (want && got.events.length >= want) { ws.close(); done({}); }
+    };
+    ws.onclose = (closed) => done({closeCode: closed.code, closeReason: closed.reason});
+  });
+  const eventSource = (path, want) => new Promise((resolve) => {
+    const got = {events: [], opened: false};
+    const source = new EventSource(path);
+    const done = (extra) => { clearTimeout(timer); source.close(); resolve({...got, ...extra}); };
+    const timer = setTimeout(() => done({timedOut: true}), waitMs);
+    source.onopen = () => { got.opened = true; };
+    for (const name of ['snapshot', 'text_delta']) {
+      source.addEventListener(name, () => {
+        got.events.push(name);
+        if (got.events.length >= want) done({});
+      });
+    }
+  });
+  const [ws, sse, refused, global] = await Promise.all([
+    socket(`/api/sessions/${session}/events`, 1 + events),
+    eventSource(`/api/sessions/${sseSession}/events`, 1 + events),
+    socket(`/api/rooms/${room}/events`, 0),
+    socket('/api/events', 1),
+  ]);
+  const protocol = performance.getEntriesByType('navigation')[0].nextHopProtocol;
+  return {ws, sse, refused, global, protocol};
+}
+"""
+
+
+class BrowserUnavailable(RuntimeError):
+    pass
+
+
+def check_in_chromium(endpoint: Endpoint, mock: MockDorkOS) -> str:
+    """The app's streams work in Chromium: sockets, EventSource, a refusal's code."""
+    if not CHROMIUM.is_file() or shutil.which("certutil") is None:
+        raise BrowserUnavailable(
+            f"{CHROMIUM} or certutil is missing: make test installs Debian's chromium and "
+            f"libnss3-tools as root; elsewhere install them (apt-get install chromium "
+            f"libnss3-tools)"
+        )
+    behaviour: dict[str, Any] = {"events_per_stream": EVENTS, "event_interval": 0.05}
+    arguments = {
+        "session": new_session(mock, **behaviour),
+        "sseSession": new_session(mock, **behaviour),
+        "room": str(uuid.uuid4()),  # no such room: DorkOS refuses with 4404
+        "events": EVENTS,
+        "waitMs": STREAM_WAIT_S * 1000,
+    }
+    with _AT_ONCE, tempfile.TemporaryDirectory(prefix="chromium-home-") as home:
+        _trust(endpoint.target.ca_file, Path(home))
+        seen, console = _open_page(endpoint, Path(home), arguments)
+    problems = _problems(seen)
+    session_path = f"/api/sessions/{arguments['session']}/events"
+    if problems:
+        upgrade = mock.requests_to(session_path)
+        upstream = (
+            f"DorkOS saw the socket's request as {upgrade[0].transport} with Upgrade "
+            f"{upgrade[0].header('Upgrade')!r}, Connection {upgrade[0].header('Connection')!r}"
+            if upgrade
+            else "DorkOS never saw the socket's request"
+        )
+        raise violation(
+            endpoint,
+            f"in Chromium: {'; '.join(problems)}. {upstream}. Console errors: {console or 'none'}",
+        )
+    (record,) = mock.requests_to(session_path)
+    return (
+        f"page over {seen['protocol']}; socket: {len(seen['ws']['events'])} frames; "
+        f"EventSource: {len(seen['sse']['events'])} events; refused socket closed "
+        f"{seen['refused']['closeCode']}; DorkOS saw the browser's Origin "
+        f"{record.header('Origin')}, Sec-WebSocket-Extensions "
+        f"{record.header('Sec-WebSocket-Extensions')!r}"
+    )
+
+
+def _trust(ca_file: str | None, home: Path) -> None:
+    """Trust `ca_file` in Chromium's NSS database under `home`, as a reader's CA."""
+    if ca_file is None:
+        raise BrowserUnavailable("the run's target has no CA file to trust")
+    database = f"sql:{home / '.pki' / 'nssdb'}"
+    (home / ".pki" / "nssdb").mkdir(parents=True)
+    for command in (
+        ["certutil", "-d", database, "-N", "--empty-password"],
+        ["certutil", "-d", database, "-A", "-n", "dorkos-docs test CA", "-t", "C,,", "-i", ca_file],
+    ):
+        subprocess.run(command, check=True, capture_output=True)
+
+
+def _open_page(
+    endpoint: Endpoint, home: Path, arguments: dict[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    # Imported here: only this check needs Playwright's driver.
+    from playwright.sync_api import sync_playwright
+
+    console: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=CHROMIUM_ARGS,
+            env={"HOME": str(home), "PATH": os.environ.get("PATH", "")},
+            timeout=LAUNCH_WAIT_S * 1000,
+        )
+        try:
+            page = browser.new_page()
+            page.on(
+                "console",
+                lambda message: console.append(message.text) if message.type == "error" else None,
+            )
+            page.goto(f"{endpoint.target.origin}/", timeout=LAUNCH_WAIT_S * 1000)
+            seen: dict[str, Any] = page.evaluate(PAGE_SCRIPT, arguments)
+        finally:
+            browser.close()
+    return seen, console
+
+
+def _problems(seen: dict[str, Any]) -> list[str]:
+    problems = []
+    wanted = ["snapshot", *["text_delta"] * EVENTS]
+    if seen["ws"]["events"] != wanted:
+        problems.append(
+            f"the session's WebSocket got {seen['ws']['events']} (wanted {wanted}), "
+            f"{_ending(seen['ws'])}"
+        )
+    if seen["sse"]["events"] != wanted:
+        problems.append(
+            f"the session's EventSource got {seen['sse']['events']} (wanted {wanted})"
+            + (" and timed out" if seen["sse"].get("timedOut") else "")
+        )
+    if seen["global"]["events"] != ["connected"]:
+        problems.append(
+            f"the global stream's WebSocket got {seen['global']['events']}, "
+            f"{_ending(seen['global'])}"
+        )
+    refused = seen["refused"]
+    if refused.get("closeCode") != 4404:
+        problems.append(
+            f"the socket DorkOS refuses (4404) {_ending(refused)}, so the app would retry "
+            f"instead of saying why"
+        )
+    return problems
+
+
+def _ending(stream: dict[str, Any]) -> str:
+    if stream.get("timedOut"):
+        return f"then nothing for {STREAM_WAIT_S:.0f} s"
+    code, reason = stream.get("closeCode"), stream.get("closeReason")
+    opened = "opened" if stream.get("opened") else "never opened"
+    return f"{opened}, closed with {code}" + (f" {reason!r}" if reason else "")
