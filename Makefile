@@ -56,10 +56,11 @@ tested-with: $(INSTALLED) host images
 bench: $(INSTALLED) host images
 	$(BIN)/python -m harness.bench --write
 
-## lint / typecheck: ruff and mypy over the Python code
+## lint / typecheck: ruff and mypy over the Python code; the CI workflow against its schema
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy
@@ -70,7 +71,8 @@ typecheck: $(INSTALLED)
 test:
 	@mkdir -p $(dir $(SETUP_TIMES)) && printf 'make test\t%s\t\n' "$$(date +%s.%N)" >$(SETUP_TIMES)
 	$(MAKE) --no-print-directory -j4 --output-sync=line lint typecheck site images browser
-	DORKOS_DOCS_SETUP_TIMES=$(SETUP_TIMES) scripts/run-pytest $(BIN)/pytest
+	DORKOS_DOCS_SETUP_TIMES=$(SETUP_TIMES) DORKOS_DOCS_SITE=site \
+	  scripts/run-pytest $(BIN)/pytest
 
 ## check: what CI runs
 check: test

@@ -39,10 +39,9 @@ from docker.models.containers import Container
 
 from harness.images import ProxyImage
 from harness.lab import ProxyLab, proxy_lab
+from harness.load_clients import Transport, load_stream
 from harness.mock_dorkos import MockSettings
 from harness.proxies import HTTPS_PORT, RECOMMENDED_SNIPPETS, REPO_ROOT, https_target
-from harness.sse_client import Dechunker
-from harness.tls import SERVER_NAME
 
 DATA_FILE = REPO_ROOT / "data" / "bench.json"
 TABLE_FILE = REPO_ROOT / "generated" / "bench.md"
@@ -54,6 +53,8 @@ EVENT_INTERVAL_S = 0.5
 # Streams open over this many seconds, as tabs reconnecting would, not in
 # one burst of handshakes.
 RAMP_S = 2.0
+TRANSPORTS: tuple[Transport, ...] = ("sse", "websocket")
+TRANSPORT_NAMES = {"sse": "SSE", "websocket": "WebSocket"}
 
 
 def log(message: str) -> None:
@@ -71,48 +72,31 @@ class StreamResult:
 
 
 async def _one_stream(
-    host: str, port: int, context: ssl.SSLContext | None, expected: int
+    host: str, port: int, context: ssl.SSLContext | None, expected: int, transport: Transport
 ) -> StreamResult:
     result = StreamResult()
-    path = f"/api/sessions/{uuid.uuid4()}/events"
+    stream = load_stream(transport)
     try:
-        reader, writer = await asyncio.open_connection(
-            host, port, ssl=context, server_hostname=SERVER_NAME if context else None
-        )
-        writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: {SERVER_NAME}\r\nAccept: text/event-stream\r\n"
-            f"Cache-Control: no-cache\r\n\r\n".encode()
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
-            raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
-        chunked = b"transfer-encoding: chunked" in head.lower()
-        dechunker, text = Dechunker(), b""
+        await stream.open(host, port, context, f"/api/sessions/{uuid.uuid4()}/events")
         while len(result.seqs) < expected:
-            data = await asyncio.wait_for(reader.read(65536), EVENT_INTERVAL_S * 4 + 5)
-            if not data:
-                raise RuntimeError(f"stream closed after {len(result.seqs)} events")
-            arrived = time.monotonic()
-            text += dechunker.feed(data) if chunked else data
-            *frames, text = text.split(b"\n\n")
-            for frame in frames:
-                for line in frame.split(b"\n"):
-                    if line.startswith(b'data: {"seq"'):
-                        payload = json.loads(line[6:])
-                        result.seqs.append(payload["seq"])
-                        result.delays_ms.append((arrived - payload["sent"]) * 1000)
-        writer.close()
+            frame = await asyncio.wait_for(stream.next_frame(), EVENT_INTERVAL_S * 4 + 5)
+            if frame.event_id is None:
+                continue  # the snapshot
+            result.seqs.append(json.loads(frame.data or "{}")["seq"])
+            result.delays_ms.append(frame.delay_ms or 0.0)
     except Exception as error:  # reported per stream, counted in the results
         result.error = f"{type(error).__name__}: {error}"
+    finally:
+        await stream.close()
     return result
 
 
 async def _many_streams(
-    host: str, port: int, context: ssl.SSLContext | None, count: int
+    host: str, port: int, context: ssl.SSLContext | None, count: int, transport: Transport
 ) -> list[StreamResult]:
     async def delayed(index: int) -> StreamResult:
         await asyncio.sleep(RAMP_S * index / count)
-        return await _one_stream(host, port, context, EVENTS_PER_STREAM)
+        return await _one_stream(host, port, context, EVENTS_PER_STREAM, transport)
 
     return list(await asyncio.gather(*(delayed(i) for i in range(count))))
 
@@ -123,6 +107,7 @@ async def _many_streams(
 @dataclass
 class LevelResult:
     target: str
+    transport: str
     streams: int
     events: int
     failed_streams: int
@@ -167,10 +152,11 @@ def measure_level(
     context: ssl.SSLContext | None,
     count: int,
     container: Container | None,
+    transport: Transport,
 ) -> LevelResult:
     cpu_before = _cpu_seconds(container)
     started = time.monotonic()
-    results = asyncio.run(_many_streams(host, port, context, count))
+    results = asyncio.run(_many_streams(host, port, context, count, transport))
     took = time.monotonic() - started
     cpu_after = _cpu_seconds(container)
     memory = _memory_mib(container)
@@ -182,6 +168,7 @@ def measure_level(
     cpu = None if cpu_before is None or cpu_after is None else 100 * (cpu_after - cpu_before) / took
     level = LevelResult(
         target=label,
+        transport=TRANSPORT_NAMES[transport],
         streams=count,
         events=len(delays),
         failed_streams=len(errors),
@@ -195,7 +182,8 @@ def measure_level(
         cpu_percent=None if cpu is None else round(cpu, 1),
     )
     log(
-        f"{label}, {count} streams: p50 {level.p50_ms} ms, p99 {level.p99_ms} ms, "
+        f"{label}, {count} {TRANSPORT_NAMES[transport]} streams: p50 {level.p50_ms} ms, "
+        f"p99 {level.p99_ms} ms, "
         f"max {level.max_ms} ms, {level.events_per_s} events/s, "
         f"{level.failed_streams} failed, exactly once: {level.exactly_once}"
     )
@@ -247,44 +235,62 @@ def run(lab: ProxyLab, images: list[ProxyImage]) -> dict[str, Any]:
     versions = {}
     with mock_process():
         for count in LEVELS:
-            levels.append(
-                measure_level(
-                    "direct to the mock (baseline)",
-                    "127.0.0.1",
-                    MockSettings.port,
-                    None,
-                    count,
-                    None,
+            for transport in TRANSPORTS:
+                levels.append(
+                    measure_level(
+                        "direct to the mock (baseline)",
+                        "127.0.0.1",
+                        MockSettings.port,
+                        None,
+                        count,
+                        None,
+                        transport,
+                    )
                 )
-            )
         for image in images:
             snippet = REPO_ROOT / RECOMMENDED_SNIPPETS[image.proxy]
             versions[image.key] = lab.version(image)
-            label = f"{RECOMMENDED_SNIPPETS[image.proxy]} on {image.proxy} {versions[image.key]}"
+            where = f"on {image.proxy} {versions[image.key]}"
+            shown = RECOMMENDED_SNIPPETS[image.proxy]
             context = _client_context(https_target(lab.ca).ca_file or "")
+            # nginx as the page sets it up: with its events block.
+            events = REPO_ROOT / ONE_CORE_FIX if image.proxy == "nginx" else None
+            label = f"{shown} + {ONE_CORE_FIX} {where}" if events else f"{shown} {where}"
             # On the machine's own network: the bench's mock runs in a
             # process of its own there, so the client doesn't share its CPU.
-            with lab.serving(image, [snippet], [HTTPS_PORT], label=label) as container:
+            with lab.serving(
+                image, [snippet], [HTTPS_PORT], label=label, events=events
+            ) as container:
                 for count in LEVELS:
-                    levels.append(
-                        measure_level(label, "127.0.0.1", HTTPS_PORT, context, count, container)
-                    )
+                    for transport in TRANSPORTS:
+                        levels.append(
+                            measure_level(
+                                label, "127.0.0.1", HTTPS_PORT, context, count, container, transport
+                            )
+                        )
             if image.proxy != "nginx":
                 continue
-            # A one-core server: Debian's own events block, then the page's fix.
-            for events in (None, REPO_ROOT / ONE_CORE_FIX):
-                one_core = f"{label}, one worker" + (f", {ONE_CORE_FIX}" if events else "")
+            # A one-core server: Debian's own events block, then the page's.
+            for one_core_events in (None, REPO_ROOT / ONE_CORE_FIX):
+                block = ONE_CORE_FIX if one_core_events else "Debian's events block"
+                one_core = f"{shown} + {block} {where}, one worker"
                 with lab.serving(
                     image,
                     [snippet],
                     [HTTPS_PORT],
                     label=one_core,
                     one_core=True,
-                    events=events,
+                    events=one_core_events,
                 ) as container:
                     levels.append(
                         measure_level(
-                            one_core, "127.0.0.1", HTTPS_PORT, context, max(LEVELS), container
+                            one_core,
+                            "127.0.0.1",
+                            HTTPS_PORT,
+                            context,
+                            max(LEVELS),
+                            container,
+                            "websocket",
                         )
                     )
     return {
@@ -316,9 +322,9 @@ def render(data: dict[str, Any]) -> str:
         f"{data['events_per_stream']} events, one every {data['event_interval_s']} s; "
         f"latency is the delay each event gained between DorkOS and the browser.",
         "",
-        "| Path | Streams | p50 | p99 | max | Events/s | Every event once | "
+        "| Path | Transport | Streams | p50 | p99 | max | Events/s | Every event once | "
         "Proxy memory | Proxy CPU |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for level in data["levels"]:
         failed = level["failed_streams"]
@@ -326,7 +332,8 @@ def render(data: dict[str, Any]) -> str:
         memory = "" if level["memory_mib"] is None else f"{level['memory_mib']:.0f} MiB"
         cpu = "" if level["cpu_percent"] is None else f"{level['cpu_percent']:.0f} %"
         lines.append(
-            f"| {level['target']} | {level['streams']} | {level['p50_ms']:.1f} ms | "
+            f"| {level['target']} | {level.get('transport', 'SSE')} | {level['streams']} | "
+            f"{level['p50_ms']:.1f} ms | "
             f"{level['p99_ms']:.1f} ms | {level['max_ms']:.1f} ms | "
             f"{level['events_per_s']:.0f} | {once} | {memory} | {cpu} |"
         )

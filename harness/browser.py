@@ -30,14 +30,19 @@ import tempfile
 import threading
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.endpoints import Endpoint, violation
 from harness.mock_dorkos import MockDorkOS
 from harness.stream_checks import HELD_BACK_AFTER_S, new_session
 from harness.tls import SERVER_NAME
 
-CHROMIUM = Path("/usr/bin/chromium")
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Playwright
+
+# Debian's Chromium by default; DORKOS_DOCS_CHROMIUM names another Chromium
+# (Google Chrome on a CI runner, say).
+CHROMIUM = Path(os.environ.get("DORKOS_DOCS_CHROMIUM", "/usr/bin/chromium"))
 # Chromium is the heaviest thing a run starts; two at once keep both cores
 # busy without crowding out the proxies being checked.
 _AT_ONCE = threading.BoundedSemaphore(2)
@@ -46,8 +51,8 @@ EVENTS = 3
 # (a browser starting on a busy machine takes seconds).
 STREAM_WAIT_S = 4 * HELD_BACK_AFTER_S
 LAUNCH_WAIT_S = 120.0
-# The flags Debian's Chromium needs to run headless as root in a container's
-# network, with nothing of its own reaching out.
+# The flags Debian's Chromium needs to run headless as root, with nothing of
+# its own reaching out.
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -56,8 +61,27 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    f"--host-resolver-rules=MAP {SERVER_NAME} 127.0.0.1",
 ]
+
+
+def require_chromium() -> None:
+    if not CHROMIUM.is_file() or shutil.which("certutil") is None:
+        raise BrowserUnavailable(
+            f"{CHROMIUM} or certutil is missing: make test installs Debian's chromium and "
+            f"libnss3-tools as root; elsewhere install them (apt-get install chromium "
+            f"libnss3-tools)"
+        )
+
+
+def launch(playwright: Playwright, home: Path, *extra_args: str) -> Browser:
+    """Debian's Chromium, headless, with `home` as its home (and NSS database)."""
+    return playwright.chromium.launch(
+        executable_path=str(CHROMIUM),
+        args=[*CHROMIUM_ARGS, *extra_args],
+        env={"HOME": str(home), "PATH": os.environ.get("PATH", "")},
+        timeout=LAUNCH_WAIT_S * 1000,
+    )
+
 
 # Runs in the page: the app's way of opening each stream, and what came of it.
 PAGE_SCRIPT = """
@@ -112,12 +136,7 @@ class BrowserUnavailable(RuntimeError):
 
 def check_in_chromium(endpoint: Endpoint, mock: MockDorkOS) -> str:
     """The app's streams work in Chromium: sockets, EventSource, a refusal's code."""
-    if not CHROMIUM.is_file() or shutil.which("certutil") is None:
-        raise BrowserUnavailable(
-            f"{CHROMIUM} or certutil is missing: make test installs Debian's chromium and "
-            f"libnss3-tools as root; elsewhere install them (apt-get install chromium "
-            f"libnss3-tools)"
-        )
+    require_chromium()
     behaviour: dict[str, Any] = {"events_per_stream": EVENTS, "event_interval": 0.05}
     arguments = {
         "session": new_session(mock, **behaviour),
@@ -174,12 +193,8 @@ def _open_page(
 
     console: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=CHROMIUM_ARGS,
-            env={"HOME": str(home), "PATH": os.environ.get("PATH", "")},
-            timeout=LAUNCH_WAIT_S * 1000,
-        )
+        # The reader's domain resolves to the proxy, as DNS would make it.
+        browser = launch(playwright, home, f"--host-resolver-rules=MAP {SERVER_NAME} 127.0.0.1")
         try:
             page = browser.new_page()
             page.on(

@@ -18,24 +18,19 @@ handshakes on two cores, a load no single reader's proxy sees.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import ssl
 import threading
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Event, RejectConnection, Request, TextMessage
-
 from harness import margins
 from harness.endpoints import Endpoint, violation
+from harness.load_clients import LoadStream, StreamFailed, load_stream
 from harness.mock_dorkos import MockDorkOS
-from harness.sse_client import Dechunker
-from harness.tls import SERVER_NAME
+from harness.sse_client import Frame
 
 STREAMS = 500
 # Streams open over this long, as tabs reconnecting would, not in one burst.
@@ -47,104 +42,9 @@ EVENT_WITHIN_S = 30.0
 _ONE_AT_A_TIME = threading.Lock()
 
 
-class StreamFailed(Exception):
-    pass
-
-
-class _SseStream:
-    """One stream as an EventSource reads it, over a raw TLS connection."""
-
-    def __init__(self) -> None:
-        self.writer: asyncio.StreamWriter | None = None
-        self.rest = b""
-
-    async def open(self, host: str, port: int, context: ssl.SSLContext, path: str) -> None:
-        """Connect, ask for the stream, and read up to the end of its snapshot."""
-        reader, self.writer = await asyncio.open_connection(
-            host, port, ssl=context, server_hostname=SERVER_NAME
-        )
-        self.reader = reader
-        self.writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: {SERVER_NAME}\r\nAccept: text/event-stream\r\n"
-            f"Cache-Control: no-cache\r\n\r\n".encode()
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
-            status_line = head.split(b"\r\n", 1)[0].decode()
-            raise StreamFailed(f"answered {status_line!r}")
-        chunked = b"transfer-encoding: chunked" in head.lower()
-        self.dechunker = Dechunker() if chunked else None
-        self.rest = await self._until(b"", b"event: snapshot")
-        self.rest = await self._until(self.rest, b"\n\n")
-
-    async def until_event(self, event_id: str) -> None:
-        await self._until(self.rest, f"id: {event_id}".encode())
-
-    async def _until(self, text: bytes, marker: bytes) -> bytes:
-        """Read until `marker` has arrived; what came after it."""
-        while marker not in text:
-            data = await self.reader.read(65536)
-            if not data:
-                raise StreamFailed(f"closed before {marker.decode()!r} arrived")
-            text += self.dechunker.feed(data) if self.dechunker else data
-        return text.split(marker, 1)[1]
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            # As a closed tab does: no TLS goodbye to wait for, the socket goes now.
-            self.writer.transport.abort()
-            await asyncio.sleep(0)  # the transport lets go of its socket on the next turn
-
-
-class _SocketStream:
-    """One stream as the app reads it, over a WebSocket."""
-
-    def __init__(self) -> None:
-        self.writer: asyncio.StreamWriter | None = None
-        self.connection = WSConnection(ConnectionType.CLIENT)
-        self.pending: list[Event] = []  # read, not yet looked at
-
-    async def open(self, host: str, port: int, context: ssl.SSLContext, path: str) -> None:
-        """Connect, upgrade, and read up to the snapshot frame."""
-        self.reader, self.writer = await asyncio.open_connection(
-            host, port, ssl=context, server_hostname=SERVER_NAME
-        )
-        origin = (b"Origin", f"https://{SERVER_NAME}".encode())
-        self.writer.write(
-            self.connection.send(Request(host=SERVER_NAME, target=path, extra_headers=[origin]))
-        )
-        while not isinstance(event := await self._next_event(), AcceptConnection):
-            if isinstance(event, RejectConnection):
-                raise StreamFailed(f"handshake answered {event.status_code}, not 101")
-        await self._until(lambda frame: frame.get("event") == "snapshot")
-
-    async def until_event(self, event_id: str) -> None:
-        await self._until(lambda frame: frame.get("id") == event_id)
-
-    async def _next_event(self) -> Event:
-        while not self.pending:
-            data = await self.reader.read(65536)
-            self.connection.receive_data(data or None)
-            self.pending.extend(self.connection.events())
-            if not data and not self.pending:
-                raise StreamFailed("closed before the frame arrived")
-        return self.pending.pop(0)
-
-    async def _until(self, wanted: Any) -> None:
-        parts: list[str] = []
-        while True:
-            event = await self._next_event()
-            if isinstance(event, TextMessage):
-                parts.append(event.data)  # a large frame can come in pieces
-                if event.message_finished:
-                    message, parts = "".join(parts), []
-                    if wanted(json.loads(message)):
-                        return
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.transport.abort()
-            await asyncio.sleep(0)
+async def _until(stream: LoadStream, wanted: Callable[[Frame], bool]) -> None:
+    while not wanted(await stream.next_frame()):
+        pass
 
 
 async def _within(step: Coroutine[Any, Any, None], seconds: float, what: str) -> None:
@@ -183,12 +83,16 @@ async def _hold_streams(endpoint: Endpoint, mock: MockDorkOS, sessions: list[str
     async def one(index: int, session: str) -> None:
         await asyncio.sleep(RAMP_S * index / len(sessions))
         # Every other stream a socket: half as the app opens them, half as SSE.
-        stream: _SseStream | _SocketStream = _SocketStream() if index % 2 else _SseStream()
+        stream = load_stream("websocket" if index % 2 else "sse")
         is_open = False
         began = time.monotonic()
+
+        async def opened() -> None:
+            await stream.open(host, int(port), context, f"/api/sessions/{session}/events")
+            await _until(stream, lambda frame: frame.event == "snapshot")
+
         try:
-            path = f"/api/sessions/{session}/events"
-            await _within(stream.open(host, int(port), context, path), ALL_OPEN_WITHIN_S, "open")
+            await _within(opened(), ALL_OPEN_WITHIN_S, "open")
             is_open = True
             held.slowest_open_s = max(held.slowest_open_s, time.monotonic() - began)
             settle()
@@ -196,7 +100,8 @@ async def _hold_streams(endpoint: Endpoint, mock: MockDorkOS, sessions: list[str
             if session not in published:
                 raise StreamFailed("no event could be published to it")
             event_id, sent = published[session]
-            await _within(stream.until_event(event_id), EVENT_WITHIN_S, "get its event")
+            arrived = _until(stream, lambda frame: frame.event_id == event_id)
+            await _within(arrived, EVENT_WITHIN_S, "get its event")
             held.slowest_event_s = max(held.slowest_event_s, time.monotonic() - sent)
         finally:
             if not is_open:

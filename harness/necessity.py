@@ -206,8 +206,7 @@ def verdicts(results: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
 # claim about need: the measured columns say that).
 WHAT_IT_DOES = {
     "proxy_http_version 1.1": "Talks HTTP/1.1 to DorkOS (nginx's default is 1.0).",
-    "proxy_set_header Host": "Forwards the Host the browser sent, port included "
-    "(`$host` would drop the port).",
+    "proxy_set_header Host": "Forwards the host name the browser used.",
     "proxy_set_header Upgrade": "Passes the browser's `Upgrade: websocket` on to DorkOS.",
     "proxy_set_header Connection $connection_upgrade": "Asks DorkOS to upgrade when the "
     "browser did (`upgrade`), and sends `close` otherwise, as nginx does by default.",

@@ -31,7 +31,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyLab]:
 
 
 def leftover_containers(lab: ProxyLab) -> list[str]:
-    return [str(c.name) for c in lab.client.containers.list(all=True, filters={"label": LABEL})]
+    """This run's containers: another suite may share the engine meanwhile.
+
+    The low-level list carries names and labels; the high-level one inspects
+    each container afterwards, and fails on one another run just removed.
+    """
+    listed = lab.client.api.containers(all=True, filters={"label": f"{LABEL}={RUN_ID}"})
+    return [str(c["Names"][0]).lstrip("/") for c in listed]
 
 
 @pytest.mark.parametrize(

@@ -272,17 +272,17 @@ def test_sse_recipe_of_older_guides_breaks_the_apps_sockets_in_chromium(
 PORT = 8443
 
 
-def test_host_must_keep_the_port_the_browser_used(proxy_lab: ProxyLab) -> None:
-    """ "Port and scheme": on https://dorkos.example.com:8443, `$host` breaks sockets."""
+def test_another_port_needs_it_in_host(proxy_lab: ProxyLab) -> None:
+    """ "Another port": on https://dorkos.example.com:8443, `$host` breaks sockets."""
     nginx = (REPO_ROOT / RECOMMENDED_SNIPPETS["nginx"]).read_text()
-    assert "proxy_set_header Host $http_host;" in nginx
+    assert "proxy_set_header Host $host;" in nginx
     on_port = nginx.replace("listen 443 ssl;", f"listen {PORT} ssl;")
     caddy = (REPO_ROOT / RECOMMENDED_SNIPPETS["caddy"]).read_text()
     runs = [
-        *((i, "$http_host", on_port) for i in proxy_lab.images_for("nginx")),
         *(
-            (i, "$host", on_port.replace("Host $http_host;", "Host $host;"))
-            for i in proxy_lab.images_for("nginx")
+            (image, host, on_port.replace("Host $host;", f"Host {host};"))
+            for image in proxy_lab.images_for("nginx")
+            for host in ("$host", "$host:$server_port", "$http_host")
         ),
         *(
             (i, "as published", caddy.replace(f"{SERVER_NAME} {{", f"{SERVER_NAME}:{PORT} {{"))
@@ -303,6 +303,16 @@ def test_host_must_keep_the_port_the_browser_used(proxy_lab: ProxyLab) -> None:
             assert "closed with 4403" in failed.get("chromium", ""), results
         else:
             assert failed == {}, f"{image} {label}: {failed}"
+
+
+def test_host_with_its_port_breaks_sockets_on_443(proxy_lab: ProxyLab) -> None:
+    """ "Another port": keep `$host` on 443, where browsers leave the port out of Origin."""
+    nginx = (REPO_ROOT / RECOMMENDED_SNIPPETS["nginx"]).read_text()
+    with_port = nginx.replace("Host $host;", "Host $host:$server_port;")
+    runs = [(image, "$host:$server_port", with_port) for image in proxy_lab.images_for("nginx")]
+    checks = {"socket": stream_checks.check_websocket_upgrade}
+    for (image, _), results in _outcomes(proxy_lab, runs, checks).items():
+        assert "close code 4403 'Origin not trusted'" in results["socket"], f"{image}: {results}"
 
 
 MAP_BLOCK = re.compile(r"^map \$http_upgrade \$connection_upgrade \{.*?^\}\n", re.M | re.S)

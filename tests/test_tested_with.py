@@ -35,3 +35,11 @@ def test_rendered_table_matches_its_data() -> None:
     )
     page = (REPO_ROOT / "docs" / "tested-with.md").read_text()
     assert '--8<-- "generated/tested-with.md"' in page
+
+
+def test_every_property_reads_as_words_on_the_page() -> None:
+    from harness.flows import REDIRECT
+
+    names = {"accepts-config-and-starts", REDIRECT.name, *(p.name for p in PROPERTIES)}
+    names |= {"certbot-renew-dry-run", "certbot-diff-on-page"}
+    assert names <= tested_with.PROPERTY_WORDS.keys(), names - tested_with.PROPERTY_WORDS.keys()

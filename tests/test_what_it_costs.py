@@ -30,13 +30,17 @@ def test_data_covers_every_proxy_version_and_level() -> None:
     data = committed()
     levels = data["levels"]
     assert isinstance(levels, list)
-    measured = {(level["target"].split(" on ")[-1], level["streams"]) for level in levels}
+    measured = {
+        (level["target"].split(" on ")[-1], level["streams"], level["transport"])
+        for level in levels
+    }
     versions = data["versions"]
     assert isinstance(versions, dict)
     for image in LOCAL_IMAGES:
         assert image.key in versions, f"{image.key} is not in the benchmark; run `make bench`"
         for count in bench.LEVELS:
-            assert (f"{image.proxy} {versions[image.key]}", count) in measured
+            for transport in bench.TRANSPORT_NAMES.values():
+                assert (f"{image.proxy} {versions[image.key]}", count, transport) in measured
     baseline = {level["streams"] for level in levels if "baseline" in level["target"]}
     assert baseline == set(bench.LEVELS)
 
@@ -60,7 +64,7 @@ def test_one_worker_rows_back_the_limits_section() -> None:
         one_worker = [
             level
             for level in levels
-            if level["target"].startswith(f"{RECOMMENDED_SNIPPETS['nginx']} on nginx ")
+            if level["target"].startswith(f"{RECOMMENDED_SNIPPETS['nginx']} + ")
             and f"nginx {versions[image.key]}, one worker" in level["target"]
         ]
         stock = [level for level in one_worker if bench.ONE_CORE_FIX not in level["target"]]

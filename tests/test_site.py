@@ -1,0 +1,286 @@
+"""What the reader copies is what ran: the built site, byte for byte and in a browser.
+
+The suite runs the files under snippets/; a reader runs what the site's copy
+button gives them. These tests build the site as `make serve` and the
+published site do, then:
+
+- take every code block that shows a snippet out of the built HTML, and
+  require its text, byte for byte, to be the file the suite ran (tabs and
+  all: Python-Markdown would turn them into spaces without SuperFences'
+  `preserve_tabs`);
+- open every page in Debian's Chromium, headless: no console errors, every
+  internal link and anchor resolves, every tab of every tab set shows its
+  own content, each snippet's copy button puts exactly the snippet's bytes
+  on the clipboard (Material's own trims the final newline, which a
+  Caddyfile needs; docs/javascripts/exact-copy.js puts it back), and the
+  search finds the Reverse Proxy page for "504" and for "WebSocket".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urldefrag, urljoin, urlsplit
+
+import pytest
+
+from harness.browser import launch, require_chromium
+from harness.proxies import REPO_ROOT
+from harness.snippet_examples import SnippetInclude, docs_sybil
+
+MKDOCS = Path(sys.executable).parent / "mkdocs"
+PAGES = sorted((REPO_ROOT / "docs").rglob("*.md"))
+_TITLE = re.compile(r'title="([^"]+)"')
+
+
+# `make test` builds the site before the tests and names it here, so what the
+# tests check is the very folder that gets published.
+BUILT_SITE_VARIABLE = "DORKOS_DOCS_SITE"
+
+
+@pytest.fixture(scope="module")
+def built_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.environ.get(BUILT_SITE_VARIABLE):
+        return Path(os.environ[BUILT_SITE_VARIABLE]).resolve()
+    site = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [str(MKDOCS), "build", "--strict", "--quiet", "--site-dir", str(site)],
+        cwd=REPO_ROOT,
+        check=True,
+    )
+    return site
+
+
+def page_html(site: Path, page: Path) -> Path:
+    relative = page.relative_to(REPO_ROOT / "docs").with_suffix("")
+    return site / ("index.html" if relative.name == "index" else relative / "index.html")
+
+
+def shown_snippets() -> list[tuple[Path, str, SnippetInclude]]:
+    """(page, fence title, include) for every snippet a page shows."""
+    found = []
+    for page in PAGES:
+        text = page.read_text().splitlines()
+        for example in docs_sybil().parse(page).examples():
+            include: SnippetInclude = example.parsed
+            title = _TITLE.search(text[include.line - 1])
+            assert title, f"{page.name}:{include.line}: a snippet's fence has no title"
+            found.append((page, title.group(1), include))
+    return found
+
+
+class _CodeBlocks(HTMLParser):
+    """The text of each titled code block, as the copy button would give it."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.blocks: dict[str, str] = {}
+        self._title: str | None = None
+        self._in_title = self._in_code = False
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "span" and ("class", "filename") in attrs:
+            self._in_title, self._text = True, []
+        elif tag == "code" and self._title is not None:
+            self._in_code, self._text = True, []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "span" and self._in_title:
+            self._in_title, self._title = False, "".join(self._text)
+        elif tag == "code" and self._in_code:
+            assert self._title is not None
+            self.blocks[self._title] = "".join(self._text)
+            self._in_code, self._title = False, None
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title or self._in_code:
+            self._text.append(data)
+
+
+def test_every_page_shows_snippets_somewhere() -> None:
+    assert len(shown_snippets()) == 4  # as tests/test_pages.py counts them
+
+
+@pytest.mark.parametrize(
+    ("page", "title", "include"),
+    shown_snippets(),
+    ids=[f"{i.snippet_name}" for _, _, i in shown_snippets()],
+)
+def test_rendered_block_is_the_snippet_byte_for_byte(
+    built_site: Path, page: Path, title: str, include: SnippetInclude
+) -> None:
+    parser = _CodeBlocks()
+    parser.feed(page_html(built_site, page).read_text())
+    assert title in parser.blocks, f"{page.name}: no code block titled {title!r} in the build"
+    rendered, ran = parser.blocks[title], include.snippet.read_text()
+    assert rendered == ran, (
+        f"{page.name}:{include.line}: the page shows {include.snippet_name} as "
+        f"{rendered!r}; the suite ran {ran!r}"
+    )
+
+
+# -- the built site in Chromium ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(built_site: Path) -> Iterator[str]:
+    """The built site over HTTP on loopback, as `make serve` would show it."""
+    handler = functools.partial(_QuietHandler, directory=str(built_site))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/"
+        finally:
+            server.shutdown()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[object]:
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="chromium-home-") as home, sync_playwright() as p:
+        browser = launch(p, Path(home))
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextlib.contextmanager
+def opened(chromium: object, url: str) -> Iterator[tuple[object, list[str]]]:
+    from playwright.sync_api import Browser
+
+    assert isinstance(chromium, Browser)
+    context = chromium.new_context()
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url, wait_until="networkidle")
+    try:
+        yield page, errors
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_page_has_no_console_errors_and_its_links_resolve(
+    chromium: object, served: str, built_site: Path, page: Path
+) -> None:
+    url = urljoin(served, str(page_html(built_site, page).relative_to(built_site)))
+    with opened(chromium, url) as (browser_page, errors):
+        links = browser_page.eval_on_selector_all(  # type: ignore[attr-defined]
+            "a[href]", "links => links.map(a => a.href)"
+        )
+    assert errors == [], f"{page.name}: console errors {errors}"
+    broken = []
+    for link in links:
+        target, anchor = urldefrag(link)
+        if not target.startswith(served):
+            continue  # outside the site: not ours to check here
+        path = built_site / urlsplit(target).path.lstrip("/")
+        html = path / "index.html" if path.is_dir() else path
+        if not html.is_file():
+            broken.append(f"{link} (no such page)")
+        elif anchor and f'id="{anchor}"' not in html.read_text():
+            broken.append(f"{link} (no such anchor)")
+    assert broken == [], f"{page.name}: links that go nowhere: {sorted(set(broken))}"
+
+
+def test_every_tab_shows_its_own_content(chromium: object, served: str, built_site: Path) -> None:
+    page = REPO_ROOT / "docs" / "reverse-proxy.md"
+    url = urljoin(served, str(page_html(built_site, page).relative_to(built_site)))
+    with opened(chromium, url) as (browser_page, errors):
+        results = browser_page.evaluate(  # type: ignore[attr-defined]
+            """() => [...document.querySelectorAll('.tabbed-set')].map(set => {
+                 const labels = [...set.querySelectorAll(':scope > .tabbed-labels > label')];
+                 const blocks = [
+                   ...set.querySelectorAll(':scope > .tabbed-content > .tabbed-block')];
+                 return labels.map((label, i) => {
+                   label.click();
+                   return {label: label.textContent.trim(),
+                           shown: blocks.map(b => b.offsetParent !== null).join(',')};
+                 });
+               })"""
+        )
+    assert errors == []
+    assert len(results) >= 3, f"expected the page's tab sets, found {len(results)}"
+    for tab_set in results:
+        for index, tab in enumerate(tab_set):
+            shown = tab["shown"].split(",")
+            assert shown.count("true") == 1 and shown[index] == "true", (
+                f"clicking {tab['label']!r} showed blocks {shown}"
+            )
+
+
+@pytest.mark.parametrize(
+    ("page", "title", "include"),
+    shown_snippets(),
+    ids=[f"{i.snippet_name}" for _, _, i in shown_snippets()],
+)
+def test_copy_button_copies_the_snippet(
+    chromium: object, served: str, built_site: Path, page: Path, title: str, include: SnippetInclude
+) -> None:
+    url = urljoin(served, str(page_html(built_site, page).relative_to(built_site)))
+    with opened(chromium, url) as (browser_page, errors):
+        # Tabs hide what they don't show: show the block's tab first.
+        code_id = browser_page.evaluate(  # type: ignore[attr-defined]
+            """(title) => {
+                 const name = [...document.querySelectorAll('span.filename')]
+                   .find(span => span.textContent === title);
+                 for (let el = name; el; el = el.parentElement) {
+                   if (el.classList && el.classList.contains('tabbed-block')) {
+                     const set = el.closest('.tabbed-set');
+                     const index = [...el.parentElement.children].indexOf(el);
+                     set.querySelectorAll(':scope > .tabbed-labels > label')[index].click();
+                   }
+                 }
+                 return name.closest('.highlight').querySelector('pre').id;
+               }""",
+            title,
+        )
+        browser_page.evaluate("navigator.clipboard.writeText('')")  # type: ignore[attr-defined]
+        # A real click, as a reader's: browsers copy only on a user's gesture.
+        browser_page.click(f"pre#{code_id} button[data-md-type='copy']")  # type: ignore[attr-defined]
+        browser_page.wait_for_function(  # type: ignore[attr-defined]
+            "async () => (await navigator.clipboard.readText()) !== ''", timeout=10_000
+        )
+        copied = browser_page.evaluate("navigator.clipboard.readText()")  # type: ignore[attr-defined]
+    assert errors == []
+    assert copied == include.snippet.read_text(), (
+        f"{page.name}: the copy button of {title!r} copied {copied!r}, not {include.snippet_name}"
+    )
+
+
+@pytest.mark.parametrize("query", ["504", "WebSocket"])
+def test_search_finds_the_reverse_proxy_page(chromium: object, served: str, query: str) -> None:
+    with opened(chromium, served) as (browser_page, errors):
+        browser_page.click("input.md-search__input")  # type: ignore[attr-defined]
+        browser_page.keyboard.type(query)  # type: ignore[attr-defined]
+        browser_page.wait_for_selector(  # type: ignore[attr-defined]
+            ".md-search-result__item a", state="attached", timeout=30_000
+        )
+        found = browser_page.eval_on_selector_all(  # type: ignore[attr-defined]
+            ".md-search-result__item a", "links => links.map(a => a.href)"
+        )
+    assert errors == []
+    assert any("reverse-proxy/" in link for link in found), f"{query!r} found {found}"
