@@ -18,6 +18,8 @@ from harness.snippet_examples import docs_sybil
 pytest_collect_file = docs_sybil().pytest()
 # Filled when the lab closes, for the summary at the end of the run.
 LAB_TIMINGS: list[RunTiming] = []
+# The lab while it is open, so Ctrl-C can stop its runs.
+OPEN_LABS: list[ProxyLab] = []
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -43,6 +45,7 @@ def proxy_lab(
 ) -> Iterator[ProxyLab]:
     update = request.config.getoption("--write-tested-with")
     with open_proxy_lab(tmp_path_factory.mktemp("proxy-lab"), update_generated=update) as lab:
+        OPEN_LABS.append(lab)
         # Start every run the collected tests will wait for, so that their
         # minutes of silence overlap instead of adding up.
         items = request.session.items
@@ -52,9 +55,21 @@ def proxy_lab(
         if any("necessity_measured" in getattr(item, "fixturenames", ()) for item in items):
             necessity.start(lab)
         yield lab
+        OPEN_LABS.remove(lab)
         if update:
             tested_with.write(lab.outcomes)
     LAB_TIMINGS.extend(lab.timings)
+
+
+def pytest_keyboard_interrupt() -> None:
+    """Ctrl-C: remove the runs' proxies before pytest tears the lab down.
+
+    Otherwise tearing down waits for every run under way, a minute of
+    silence included, and a second Ctrl-C would leave containers behind.
+    """
+    for lab in OPEN_LABS:
+        removed = lab.interrupt()
+        print(f"\ninterrupted: removed {len(removed)} containers of this run", flush=True)
 
 
 @pytest.fixture(scope="session")

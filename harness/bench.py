@@ -1,17 +1,31 @@
-"""What a config costs: added latency per event and concurrent streams.
+"""What a config costs, in figures that mean the same thing on the next run.
 
-`python -m harness.bench` (make bench) serves each published HTTPS snippet on
-each proxy version, with the same containers as the tests, and opens 1, 100
-and 500 event streams through it at once (500 is DorkOS's own cap on its
-global stream). The mock DorkOS runs in a process of its own and stamps each
-event with its send time; the client notes the arrival time, so the added
-delay per event is arrival minus send. The same client connected to the
-mock directly gives the baseline: what the harness itself costs.
+`python -m harness.bench` (make bench) serves each published HTTPS config
+on each proxy version, in containers and private networks like the tests',
+each with a mock DorkOS of its own in a process of its own, and measures:
 
-It also checks that every event arrived exactly once, in order, and samples
-the proxy container's memory and CPU. Results go to data/bench.json and
-generated/bench.md, which the "What it costs" page shows. Numbers live here,
-never in the test suite.
+- **Delay and its cost.** Rounds of 100 and 500 streams, over each of
+  DorkOS's transports, through every path in turn (A, B, A, B ...: a busy
+  moment of the machine falls on all paths alike, not on one), repeated.
+  Each event is stamped with its send time; the client notes its arrival.
+  The direct path, the same client talking to a mock with no proxy, is
+  measured beside each proxy, and a proxy's cost is given as its ratio to
+  that: the machine's noise moves both.
+- **CPU and memory**, from the proxy container's cgroup: CPU time spent
+  per thousand events delivered, and memory per open stream (with all
+  streams open, less the proxy's memory at rest). Both depend on the
+  machine far less than delays do.
+- **Capacity.** Streams, doubling from 1,000, until events are lost or the
+  p99 delay passes CAPACITY_P99_S: a second late is what a reader notices.
+  (A bound on the ratio to the direct path was tried first: at these loads
+  the direct path's own p99 moves several times over between runs, and the
+  ratio with it.) The direct path is stepped up too: where it gives out
+  first, the harness did, not the proxy.
+
+Every figure is a median with its range over the rounds. A difference
+between two proxies is published only where their ranges do not overlap.
+Results go to data/bench.json and generated/bench.md (the "What it costs"
+page); a short summary is printed. Numbers live here, never in the tests.
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -30,8 +45,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,73 +55,48 @@ from docker.models.containers import Container
 from harness.images import ProxyImage
 from harness.lab import ProxyLab, proxy_lab
 from harness.load_clients import Transport, load_stream
-from harness.mock_dorkos import MockSettings
-from harness.proxies import HTTPS_PORT, RECOMMENDED_SNIPPETS, REPO_ROOT, https_target
+from harness.netns import PrivateNetwork
+from harness.proxies import (
+    HTTPS_PORT,
+    NGINX_EVENTS_SNIPPET,
+    RECOMMENDED_SNIPPETS,
+    REPO_ROOT,
+    relative,
+)
 
 DATA_FILE = REPO_ROOT / "data" / "bench.json"
 TABLE_FILE = REPO_ROOT / "generated" / "bench.md"
-LEVELS = (1, 100, 500)
-# What the Reverse Proxy page gives a one-core nginx server.
-ONE_CORE_FIX = "snippets/nginx/events.conf"
-EVENTS_PER_STREAM = 20
-EVENT_INTERVAL_S = 0.5
+LEVELS = (100, 500)
+ROUNDS = 3
+TRANSPORTS: tuple[Transport, ...] = ("websocket", "sse")
+TRANSPORT_NAMES = {"sse": "SSE", "websocket": "WebSocket"}
+# What the Reverse Proxy page gives nginx (and so a one-core server).
+ONE_CORE_FIX = relative(NGINX_EVENTS_SNIPPET)
+EVENTS_PER_STREAM = 10
+EVENT_INTERVAL_S = 0.25
 # Streams open over this many seconds, as tabs reconnecting would, not in
 # one burst of handshakes.
 RAMP_S = 2.0
-TRANSPORTS: tuple[Transport, ...] = ("sse", "websocket")
-TRANSPORT_NAMES = {"sse": "SSE", "websocket": "WebSocket"}
+CAPACITY_STEPS = (1000, 2000, 4000)
+# A path "holds" a count while every event arrives once and 99 in 100
+# arrive within this many seconds of being sent.
+CAPACITY_P99_S = 1.0
+DIRECT = "direct to the mock"
+DIRECT_PORT = 4243
 
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-# -- the load client ----------------------------------------------------------
+# -- one measurement -------------------------------------------------------------
 
 
 @dataclass
-class StreamResult:
-    delays_ms: list[float] = field(default_factory=list)
-    seqs: list[int] = field(default_factory=list)
-    error: str | None = None
+class Sample:
+    """One round of `streams` streams through one path."""
 
-
-async def _one_stream(
-    host: str, port: int, context: ssl.SSLContext | None, expected: int, transport: Transport
-) -> StreamResult:
-    result = StreamResult()
-    stream = load_stream(transport)
-    try:
-        await stream.open(host, port, context, f"/api/sessions/{uuid.uuid4()}/events")
-        while len(result.seqs) < expected:
-            frame = await asyncio.wait_for(stream.next_frame(), EVENT_INTERVAL_S * 4 + 5)
-            if frame.event_id is None:
-                continue  # the snapshot
-            result.seqs.append(json.loads(frame.data or "{}")["seq"])
-            result.delays_ms.append(frame.delay_ms or 0.0)
-    except Exception as error:  # reported per stream, counted in the results
-        result.error = f"{type(error).__name__}: {error}"
-    finally:
-        await stream.close()
-    return result
-
-
-async def _many_streams(
-    host: str, port: int, context: ssl.SSLContext | None, count: int, transport: Transport
-) -> list[StreamResult]:
-    async def delayed(index: int) -> StreamResult:
-        await asyncio.sleep(RAMP_S * index / count)
-        return await _one_stream(host, port, context, EVENTS_PER_STREAM, transport)
-
-    return list(await asyncio.gather(*(delayed(i) for i in range(count))))
-
-
-# -- measuring ---------------------------------------------------------------
-
-
-@dataclass
-class LevelResult:
-    target: str
+    path: str
     transport: str
     streams: int
     events: int
@@ -115,103 +105,189 @@ class LevelResult:
     exactly_once: bool
     p50_ms: float
     p99_ms: float
-    max_ms: float
-    events_per_s: float
-    memory_mib: float | None
-    cpu_percent: float | None
+    seconds: float
+    cpu_ms: float | None = None  # the proxy's CPU time over the round
+    memory_per_stream_kib: float | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.failed_streams == 0 and self.exactly_once
+
+    @property
+    def cpu_ms_per_1000_events(self) -> float | None:
+        if self.cpu_ms is None or not self.events:
+            return None
+        return 1000 * self.cpu_ms / self.events
 
 
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+class Meter:
+    """A container's CPU time and memory, from its cgroup (v1, v2, or the API)."""
+
+    def __init__(self, container: Container) -> None:
+        self.container = container
+        cid = str(container.id)
+        v1 = Path("/sys/fs/cgroup")
+        candidates = [
+            (v1 / "cpuacct/docker" / cid / "cpuacct.usage", 1e-6, "ns"),
+            (v1 / f"system.slice/docker-{cid}.scope/cpu.stat", 1e-3, "usage_usec"),
+        ]
+        self.cpu_file = next(((p, s, k) for p, s, k in candidates if p.is_file()), None)
+        # Resident memory only: the page cache the cgroup also counts comes
+        # and goes with the machine, not with the streams.
+        memory = [
+            (v1 / "memory/docker" / cid / "memory.stat", "total_rss"),
+            (v1 / f"system.slice/docker-{cid}.scope/memory.stat", "anon"),
+        ]
+        self.memory_file = next(((p, k) for p, k in memory if p.is_file()), None)
+
+    def cpu_ms(self) -> float:
+        if self.cpu_file is None:
+            stats: Any = self.container.stats(stream=False)
+            return float(stats["cpu_stats"]["cpu_usage"]["total_usage"]) / 1e6
+        path, scale, key = self.cpu_file
+        text = path.read_text()
+        if key == "ns":
+            return float(text) * scale
+        usage = next(line.split()[1] for line in text.splitlines() if line.startswith(key))
+        return float(usage) * scale
+
+    def memory_kib(self) -> float:
+        if self.memory_file is None:
+            stats: Any = self.container.stats(stream=False)
+            return float(stats["memory_stats"].get("usage", 0)) / 1024
+        path, key = self.memory_file
+        lines = (line.split() for line in path.read_text().splitlines())
+        return next(float(value) for name, value in lines if name == key) / 1024
 
 
-def _stats(container: Container) -> dict[str, Any]:
-    stats: dict[str, Any] = container.stats(stream=False)  # type: ignore[assignment]
-    return stats
+@dataclass
+class _Stream:
+    delays_ms: list[float] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)
+    error: str | None = None
 
 
-def _cpu_seconds(container: Container | None) -> float | None:
-    if container is None:
-        return None
-    return float(_stats(container)["cpu_stats"]["cpu_usage"]["total_usage"]) / 1e9
-
-
-def _memory_mib(container: Container | None) -> float | None:
-    if container is None:
-        return None
-    return float(_stats(container)["memory_stats"].get("usage", 0)) / (1024 * 1024)
-
-
-def measure_level(
-    label: str,
-    host: str,
+async def _streams(
     port: int,
     context: ssl.SSLContext | None,
     count: int,
-    container: Container | None,
     transport: Transport,
-) -> LevelResult:
-    cpu_before = _cpu_seconds(container)
-    started = time.monotonic()
-    results = asyncio.run(_many_streams(host, port, context, count, transport))
-    took = time.monotonic() - started
-    cpu_after = _cpu_seconds(container)
-    memory = _memory_mib(container)
-    delays = [d for r in results for d in r.delays_ms]
-    errors = [r.error for r in results if r.error]
-    exactly_once = all(
-        r.seqs == list(range(1, EVENTS_PER_STREAM + 1)) for r in results if not r.error
-    )
-    cpu = None if cpu_before is None or cpu_after is None else 100 * (cpu_after - cpu_before) / took
-    level = LevelResult(
-        target=label,
-        transport=TRANSPORT_NAMES[transport],
-        streams=count,
-        events=len(delays),
-        failed_streams=len(errors),
-        first_error=errors[0] if errors else None,
-        exactly_once=exactly_once,
-        p50_ms=round(statistics.median(delays), 2) if delays else float("nan"),
-        p99_ms=round(_percentile(delays, 0.99), 2),
-        max_ms=round(max(delays), 2) if delays else float("nan"),
-        events_per_s=round(len(delays) / took, 1),
-        memory_mib=None if memory is None else round(memory, 1),
-        cpu_percent=None if cpu is None else round(cpu, 1),
-    )
-    log(
-        f"{label}, {count} {TRANSPORT_NAMES[transport]} streams: p50 {level.p50_ms} ms, "
-        f"p99 {level.p99_ms} ms, "
-        f"max {level.max_ms} ms, {level.events_per_s} events/s, "
-        f"{level.failed_streams} failed, exactly once: {level.exactly_once}"
-    )
-    return level
+    all_open: Callable[[], None],
+) -> list[_Stream]:
+    opened = 0
+
+    async def one(index: int) -> _Stream:
+        nonlocal opened
+        result = _Stream()
+        await asyncio.sleep(RAMP_S * index / count)
+        stream = load_stream(transport)
+        try:
+            await stream.open("127.0.0.1", port, context, f"/api/sessions/{uuid.uuid4()}/events")
+            counted = False
+            while len(result.seqs) < EVENTS_PER_STREAM:
+                frame = await asyncio.wait_for(stream.next_frame(), EVENT_INTERVAL_S * 4 + 10)
+                if not counted:  # the snapshot: this stream is open
+                    counted, opened = True, opened + 1
+                    if opened == count:
+                        all_open()
+                if frame.event_id is None:
+                    continue
+                result.seqs.append(json.loads(frame.data or "{}")["seq"])
+                result.delays_ms.append(frame.delay_ms or 0.0)
+        except Exception as error:  # reported per stream, counted in the results
+            result.error = f"{type(error).__name__}: {error}"
+        finally:
+            await stream.close()
+        return result
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+@dataclass
+class BenchPath:
+    """Where one path's load goes: a port in a private network, through a proxy or not."""
+
+    name: str
+    network: PrivateNetwork
+    port: int
+    context: ssl.SSLContext | None
+    meter: Meter | None = None
+
+    def measure(self, transport: Transport, count: int) -> Sample:
+        rest_kib = self.meter.memory_kib() if self.meter else None
+        cpu_before = self.meter.cpu_ms() if self.meter else None
+        open_kib: list[float] = []
+
+        def all_open() -> None:
+            if self.meter is not None:
+                open_kib.append(self.meter.memory_kib())
+
+        started = time.monotonic()
+        # The client's sockets are made inside the path's private network.
+        results = self.network.call(
+            asyncio.run, _streams(self.port, self.context, count, transport, all_open)
+        )
+        seconds = time.monotonic() - started
+        delays = [d for r in results for d in r.delays_ms]
+        errors = [r.error for r in results if r.error]
+        sample = Sample(
+            path=self.name,
+            transport=TRANSPORT_NAMES[transport],
+            streams=count,
+            events=len(delays),
+            failed_streams=len(errors),
+            first_error=errors[0] if errors else None,
+            exactly_once=all(
+                r.seqs == list(range(1, EVENTS_PER_STREAM + 1)) for r in results if not r.error
+            ),
+            p50_ms=round(statistics.median(delays), 3) if delays else float("nan"),
+            p99_ms=round(_percentile(delays, 0.99), 3),
+            seconds=round(seconds, 2),
+        )
+        if self.meter is not None and cpu_before is not None and rest_kib is not None:
+            sample.cpu_ms = round(self.meter.cpu_ms() - cpu_before, 2)
+            if open_kib:
+                sample.memory_per_stream_kib = round((open_kib[0] - rest_kib) / count, 2)
+        log(
+            f"{self.name}, {count} {sample.transport}: p50 {sample.p50_ms} ms, "
+            f"p99 {sample.p99_ms} ms, {sample.failed_streams} failed"
+            + (f", {sample.cpu_ms_per_1000_events:.0f} ms CPU/1k events" if sample.cpu_ms else "")
+        )
+        return sample
+
+
+# -- the paths -------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def mock_process() -> Iterator[None]:
-    """The mock in a process of its own, so the client does not share its CPU time."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "harness.mock_dorkos",
-            "--port",
-            str(MockSettings.port),
-            "--events-per-stream",
-            str(EVENTS_PER_STREAM),
-            "--event-interval",
-            str(EVENT_INTERVAL_S),
-            "--snapshot-bytes",
-            "1024",
-            "--heartbeat-interval",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=REPO_ROOT,
+def mock_process(network: PrivateNetwork, port: int) -> Iterator[None]:
+    """A mock DorkOS in a process of its own, inside `network` on `port`.
+
+    Started from a thread that entered the network, so the process lives in
+    it; in a process of its own, it doesn't share the client's CPU time.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "harness.mock_dorkos",
+        "--port",
+        str(port),
+        "--events-per-stream",
+        str(EVENTS_PER_STREAM),
+        "--event-interval",
+        str(EVENT_INTERVAL_S),
+        "--snapshot-bytes",
+        "1024",
+        "--heartbeat-interval",
+        "0",
+    ]
+    process: subprocess.Popen[str] = network.call(
+        subprocess.Popen, command, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
     )
     try:
         assert process.stdout is not None
@@ -230,76 +306,225 @@ def _client_context(ca_file: str) -> ssl.SSLContext:
     return context
 
 
-def run(lab: ProxyLab, images: list[ProxyImage]) -> dict[str, Any]:
-    levels: list[LevelResult] = []
-    versions = {}
-    with mock_process():
-        for count in LEVELS:
-            for transport in TRANSPORTS:
-                levels.append(
-                    measure_level(
-                        "direct to the mock (baseline)",
-                        "127.0.0.1",
-                        MockSettings.port,
-                        None,
-                        count,
-                        None,
-                        transport,
-                    )
-                )
+def _name(lab: ProxyLab, image: ProxyImage) -> str:
+    return f"{'Caddy' if image.proxy == 'caddy' else 'nginx'} {lab.version(image)}"
+
+
+@contextlib.contextmanager
+def paths(lab: ProxyLab, images: list[ProxyImage]) -> Iterator[list[BenchPath]]:
+    """Every path at once: the direct one, then each proxy, each with its own mock."""
+    with contextlib.ExitStack() as stack:
+        found: list[BenchPath] = []
         for image in images:
             snippet = REPO_ROOT / RECOMMENDED_SNIPPETS[image.proxy]
-            versions[image.key] = lab.version(image)
-            where = f"on {image.proxy} {versions[image.key]}"
-            shown = RECOMMENDED_SNIPPETS[image.proxy]
-            context = _client_context(https_target(lab.ca).ca_file or "")
             # nginx as the page sets it up: with its events block.
-            events = REPO_ROOT / ONE_CORE_FIX if image.proxy == "nginx" else None
-            label = f"{shown} + {ONE_CORE_FIX} {where}" if events else f"{shown} {where}"
-            # On the machine's own network: the bench's mock runs in a
-            # process of its own there, so the client doesn't share its CPU.
-            with lab.serving(
-                image, [snippet], [HTTPS_PORT], label=label, events=events
-            ) as container:
-                for count in LEVELS:
-                    for transport in TRANSPORTS:
-                        levels.append(
-                            measure_level(
-                                label, "127.0.0.1", HTTPS_PORT, context, count, container, transport
-                            )
-                        )
-            if image.proxy != "nginx":
+            events = NGINX_EVENTS_SNIPPET if image.proxy == "nginx" else None
+            proxy = stack.enter_context(lab.run(image, snippet, events=events, with_mock=False))
+            stack.enter_context(mock_process(proxy.network, 4242))
+            context = _client_context(proxy.target.ca_file or "")
+            meter = Meter(proxy.container)
+            found.append(BenchPath(_name(lab, image), proxy.network, HTTPS_PORT, context, meter))
+        # The direct path: the same client and mock, in the first proxy's
+        # network, on a port of its own, with no proxy between.
+        network = found[0].network
+        stack.enter_context(mock_process(network, DIRECT_PORT))
+        yield [BenchPath(DIRECT, network, DIRECT_PORT, None), *found]
+
+
+# -- summarising -----------------------------------------------------------------
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
+def summarise(samples: list[Sample]) -> list[dict[str, Any]]:
+    """Per path, transport and count: medians with their range over the rounds."""
+    rows = []
+
+    def key(s: Sample) -> tuple[str, str, int]:
+        return (s.path, s.transport, s.streams)
+
+    direct = {
+        (s.transport, s.streams, i): s
+        for (path, _, _), group in itertools.groupby(sorted(samples, key=key), key)
+        if path == DIRECT
+        for i, s in enumerate(group)
+    }
+    for (path, transport, streams), group_iter in itertools.groupby(sorted(samples, key=key), key):
+        group = list(group_iter)
+        row: dict[str, Any] = {
+            "path": path,
+            "transport": transport,
+            "streams": streams,
+            "rounds": len(group),
+            "every_event_once": all(s.held for s in group),
+            "failed_streams": sum(s.failed_streams for s in group),
+            "p50_ms": _spread([s.p50_ms for s in group]),
+            "p99_ms": _spread([s.p99_ms for s in group]),
+        }
+        if path != DIRECT:
+            # Each round's p99 against the direct path's in the same round.
+            ratios = [
+                s.p99_ms / direct[(transport, streams, i)].p99_ms
+                for i, s in enumerate(group)
+                if (transport, streams, i) in direct and direct[(transport, streams, i)].p99_ms
+            ]
+            row["p99_ratio_to_direct"] = _spread(ratios) if ratios else None
+            cpu = [c for s in group if (c := s.cpu_ms_per_1000_events) is not None]
+            memory = [m for s in group if (m := s.memory_per_stream_kib) is not None]
+            row["cpu_ms_per_1000_events"] = _spread(cpu) if cpu else None
+            row["memory_kib_per_stream"] = _spread(memory) if memory else None
+        rows.append(row)
+    return rows
+
+
+# What the page compares between proxies, and how each figure is worded.
+COMPARED = {
+    "cpu_ms_per_1000_events": "CPU per 1,000 events",
+    "memory_kib_per_stream": "memory per stream",
+    "p99_ratio_to_direct": "p99 delay against the direct path",
+}
+
+
+def comparisons(rows: list[dict[str, Any]]) -> list[str]:
+    """Differences between proxies that held in every round: ranges that don't overlap."""
+    found = []
+    proxies = [r for r in rows if r["path"] != DIRECT]
+    for metric, words in COMPARED.items():
+        for a, b in itertools.permutations(proxies, 2):
+            if (a["transport"], a["streams"]) != (b["transport"], b["streams"]):
                 continue
-            # A one-core server: Debian's own events block, then the page's.
-            for one_core_events in (None, REPO_ROOT / ONE_CORE_FIX):
-                block = ONE_CORE_FIX if one_core_events else "Debian's events block"
-                one_core = f"{shown} + {block} {where}, one worker"
-                with lab.serving(
-                    image,
-                    [snippet],
-                    [HTTPS_PORT],
-                    label=one_core,
-                    one_core=True,
-                    events=one_core_events,
-                ) as container:
-                    levels.append(
-                        measure_level(
-                            one_core,
-                            "127.0.0.1",
-                            HTTPS_PORT,
-                            context,
-                            max(LEVELS),
-                            container,
-                            "websocket",
-                        )
-                    )
+            if a[metric] is None or b[metric] is None:
+                continue
+            if a[metric]["max"] < b[metric]["min"]:
+                found.append(
+                    f"At {a['streams']} {a['transport']} streams, {a['path']} had a lower "
+                    f"{words} than {b['path']} in every round "
+                    f"({_range(a[metric])} against {_range(b[metric])})."
+                )
+    return found
+
+
+def _range(spread: dict[str, float]) -> str:
+    return f"{spread['min']:.3g} to {spread['max']:.3g}"
+
+
+# -- capacity and the one-worker rows ---------------------------------------------
+
+
+def capacity(
+    path: BenchPath, transport: Transport, direct: dict[int, Sample] | None
+) -> tuple[dict[str, Any], list[Sample]]:
+    """Step the streams up until the path gives out.
+
+    `direct` is the direct path's samples at each step (None: this is the
+    direct path); a count the direct path didn't hold is the harness giving
+    out, not the proxy.
+    """
+    samples: list[Sample] = []
+    held_at = 0
+    reason = f"held every step up to {CAPACITY_STEPS[-1]:,}"
+    for count in CAPACITY_STEPS:
+        if direct is not None and (count not in direct or not direct[count].held):
+            reason = f"not measured past {held_at:,}: the harness gave out there (see direct)"
+            break
+        sample = path.measure(transport, count)
+        samples.append(sample)
+        if not sample.held:
+            reason = (
+                f"at {count:,}, {sample.failed_streams} streams failed"
+                + (f": {sample.first_error}" if sample.first_error else "")
+                + (", and events were lost" if not sample.exactly_once else "")
+            )
+            break
+        if sample.p99_ms > CAPACITY_P99_S * 1000:
+            reason = (
+                f"at {count:,}, p99 delay {sample.p99_ms / 1000:.1f} s "
+                f"(bound {CAPACITY_P99_S:.0f} s)"
+            )
+            break
+        held_at = count
+    cycle = RAMP_S + EVENTS_PER_STREAM * EVENT_INTERVAL_S
+    return {
+        "path": path.name,
+        "transport": TRANSPORT_NAMES[transport],
+        "held_streams": held_at,
+        "events_per_s": round(held_at * EVENTS_PER_STREAM / cycle),
+        "gave_out": reason,
+    }, samples
+
+
+def one_worker_rows(lab: ProxyLab, image: ProxyImage) -> list[dict[str, Any]]:
+    """Debian's events block and the page's, on nginx's one worker: 500 sockets."""
+    rows = []
+    snippet = REPO_ROOT / RECOMMENDED_SNIPPETS["nginx"]
+    for events in (None, NGINX_EVENTS_SNIPPET):
+        block = ONE_CORE_FIX if events else "Debian's events block"
+        with (
+            lab.run(image, snippet, events=events, one_core=True, with_mock=False) as proxy,
+            mock_process(proxy.network, 4242),
+        ):
+            path = BenchPath(
+                f"{_name(lab, image)}, one worker, {block}",
+                proxy.network,
+                HTTPS_PORT,
+                _client_context(proxy.target.ca_file or ""),
+            )
+            sample = path.measure("websocket", 500)
+        rows.append(
+            {
+                "path": path.name,
+                "streams": 500,
+                "failed_streams": sample.failed_streams,
+                "every_event_once": sample.held,
+            }
+        )
+    return rows
+
+
+# -- the run -----------------------------------------------------------------------
+
+
+def run(lab: ProxyLab, images: list[ProxyImage], rounds: int) -> dict[str, Any]:
+    samples: list[Sample] = []
+    capacities = []
+    with paths(lab, images) as every:
+        direct = every[0]
+        for round_number in range(1, rounds + 1):
+            log(f"round {round_number} of {rounds}")
+            for count, transport in itertools.product(LEVELS, TRANSPORTS):
+                # A, B, A, B: the same moment's noise falls on every path.
+                samples += [path.measure(transport, count) for path in every]
+        for transport in TRANSPORTS:
+            row, stepped = capacity(direct, transport, None)
+            capacities.append(row)
+            baseline = {s.streams: s for s in stepped}
+            for path in every[1:]:
+                row, _ = capacity(path, transport, baseline)
+                capacities.append(row)
+        for row in capacities:
+            log(f"capacity of {row['path']} over {row['transport']}: {row['gave_out']}")
+    one_worker = [
+        row for image in images if image.proxy == "nginx" for row in one_worker_rows(lab, image)
+    ]
+    rows = summarise(samples)
     return {
         "run_on": datetime.date.today().isoformat(),
         "machine": _machine(),
+        "rounds": rounds,
         "events_per_stream": EVENTS_PER_STREAM,
         "event_interval_s": EVENT_INTERVAL_S,
-        "versions": versions,
-        "levels": [asdict(level) for level in levels],
+        "capacity_p99_s": CAPACITY_P99_S,
+        "versions": {image.key: lab.version(image) for image in images},
+        "rows": rows,
+        "comparisons": comparisons(rows),
+        "capacity": capacities,
+        "one_worker": one_worker,
     }
 
 
@@ -314,41 +539,104 @@ def _machine() -> str:
     return f"{os.cpu_count()} cores ({model}), {memory_gib:.0f} GiB, {platform.system()}"
 
 
+# -- rendering -----------------------------------------------------------------------
+
+
+def _cell(spread: dict[str, float] | None, unit: str = "", digits: int = 1) -> str:
+    if spread is None:
+        return ""
+    return (
+        f"{spread['median']:.{digits}f}{unit} "
+        f"<small>({spread['min']:.{digits}f} to {spread['max']:.{digits}f})</small>"
+    )
+
+
 def render(data: dict[str, Any]) -> str:
     lines = [
         "<!-- Generated by `make bench` from data/bench.json; do not edit. -->",
         "",
-        f"Run on {data['run_on']}, on {data['machine']}. Each stream carried "
-        f"{data['events_per_stream']} events, one every {data['event_interval_s']} s; "
-        f"latency is the delay each event gained between DorkOS and the browser.",
+        f"Run on {data['run_on']}, on {data['machine']}: {data['rounds']} rounds, every "
+        f"path in turn within each round. Each stream carried {data['events_per_stream']} "
+        f"events, one every {data['event_interval_s']} s. Each cell is the median over "
+        f"the rounds, with the lowest and highest in brackets.",
         "",
-        "| Path | Transport | Streams | p50 | p99 | max | Events/s | Every event once | "
-        "Proxy memory | Proxy CPU |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| Path | Transport | Streams | Added delay, p50 | p99 | p99 against direct | "
+        "CPU per 1,000 events | Memory per stream | Every event once |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for level in data["levels"]:
-        failed = level["failed_streams"]
-        once = "yes" if level["exactly_once"] and not failed else f"**no** ({failed} failed)"
-        memory = "" if level["memory_mib"] is None else f"{level['memory_mib']:.0f} MiB"
-        cpu = "" if level["cpu_percent"] is None else f"{level['cpu_percent']:.0f} %"
+    for row in data["rows"]:
+        once = "yes" if row["every_event_once"] else f"**no** ({row['failed_streams']} failed)"
         lines.append(
-            f"| {level['target']} | {level.get('transport', 'SSE')} | {level['streams']} | "
-            f"{level['p50_ms']:.1f} ms | "
-            f"{level['p99_ms']:.1f} ms | {level['max_ms']:.1f} ms | "
-            f"{level['events_per_s']:.0f} | {once} | {memory} | {cpu} |"
+            f"| {row['path']} | {row['transport']} | {row['streams']} | "
+            f"{_cell(row['p50_ms'], ' ms', 2)} | {_cell(row['p99_ms'], ' ms', 1)} | "
+            f"{_cell(row.get('p99_ratio_to_direct'), ' times', 1)} | "
+            f"{_cell(row.get('cpu_ms_per_1000_events'), ' ms', 0)} | "
+            f"{_cell(row.get('memory_kib_per_stream'), ' KiB', 0)} | {once} |"
         )
+    lines += ["", "Differences that held in every round (ranges that do not overlap):", ""]
+    lines += [f"- {c}" for c in data["comparisons"]] or ["- none"]
+    lines += [
+        "",
+        f"**Capacity.** Streams doubled from {CAPACITY_STEPS[0]:,} until events were lost or "
+        f"the p99 delay passed {data['capacity_p99_s']:.0f} s:",
+        "",
+        "| Path | Transport | Held | Events/s offered there | Where it gave out |",
+        "|---|---|---:|---:|---|",
+    ]
+    for row in data["capacity"]:
+        lines.append(
+            f"| {row['path']} | {row['transport']} | {row['held_streams']:,} | "
+            f"{row['events_per_s']:,} | {row['gave_out']} |"
+        )
+    lines += [
+        "",
+        "**One worker** (nginx as on a one-core server), 500 WebSocket streams:",
+        "",
+        "| Path | Failed streams | Every event once |",
+        "|---|---:|---|",
+    ]
+    for row in data["one_worker"]:
+        once = "yes" if row["every_event_once"] else "**no**"
+        lines.append(f"| {row['path']} | {row['failed_streams']} | {once} |")
     return "\n".join(lines) + "\n"
+
+
+def summary(data: dict[str, Any]) -> str:
+    """What `make bench` prints: a few lines to hold against the page."""
+    lines = [f"make bench, {data['run_on']}, {data['machine']}, {data['rounds']} rounds"]
+    for row in data["rows"]:
+        if row["streams"] != max(LEVELS) or row["path"] == DIRECT:
+            continue
+        lines.append(
+            f"  {row['path']:<12} {row['transport']:<9} {row['streams']} streams: "
+            f"p99 {_plain(row['p99_ratio_to_direct'], 'x direct')}, "
+            f"CPU {_plain(row['cpu_ms_per_1000_events'], ' ms/1k events')}, "
+            f"memory {_plain(row['memory_kib_per_stream'], ' KiB/stream')}"
+        )
+    for row in data["capacity"]:
+        lines.append(
+            f"  capacity {row['path']:<12} {row['transport']:<9} {row['held_streams']:,}: "
+            f"{row['gave_out']}"
+        )
+    return "\n".join(lines)
+
+
+def _plain(spread: dict[str, float] | None, unit: str) -> str:
+    if spread is None:
+        return "n/a"
+    return f"{spread['median']:.3g}{unit} ({spread['min']:.3g}-{spread['max']:.3g})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Measure what each config costs.")
     parser.add_argument("--write", action="store_true", help="update data/bench.json")
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
     args = parser.parse_args()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-") as work, proxy_lab(Path(work)) as lab:
         images = [i for i in lab.images if i.proxy in RECOMMENDED_SNIPPETS]
-        data = run(lab, images)
-    print(render(data))
+        data = run(lab, images, args.rounds)
+    print(summary(data))
     if args.write:
         DATA_FILE.parent.mkdir(parents=True, exist_ok=True)
         DATA_FILE.write_text(json.dumps(data, indent=2) + "\n")

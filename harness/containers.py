@@ -92,6 +92,16 @@ def sweep_leftovers(client: docker.DockerClient) -> list[str]:
     return removed
 
 
+def remove_this_runs_containers(client: docker.DockerClient) -> list[str]:
+    """Remove every container this process started, at once (an interrupted run)."""
+    removed = []
+    for listed in client.api.containers(all=True, filters={"label": f"{LABEL}={RUN_ID}"}):
+        with contextlib.suppress(docker.errors.APIError):
+            client.api.remove_container(listed["Id"], force=True)
+            removed.append(str(listed["Names"][0]).lstrip("/"))
+    return removed
+
+
 def _alive(pid: str | None) -> bool:
     if pid is None or not pid.isdigit():
         return False

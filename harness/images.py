@@ -153,7 +153,7 @@ class DebianImage(ProxyImage):
                 f"'apt-get install debootstrap' (make test does it as root on Debian), "
                 f"or set {IMAGE_SOURCE_VARIABLE}=official to pull official images."
             )
-        with tempfile.TemporaryDirectory(prefix=f"{self.key}-", dir=_build_dir()) as work:
+        with tempfile.TemporaryDirectory(prefix=f"{self.key}-", dir=build_dir()) as work:
             root = Path(work) / "root"
             command = [
                 "debootstrap",
@@ -203,7 +203,7 @@ class CaddyBinaryImage(ProxyImage):
         return {"caddy_sha256": hashlib.sha256(self.binary.read_bytes()).hexdigest()}
 
     def build(self, client: docker.DockerClient, tag: str) -> None:
-        with tempfile.TemporaryDirectory(prefix=f"{self.key}-", dir=_build_dir()) as work:
+        with tempfile.TemporaryDirectory(prefix=f"{self.key}-", dir=build_dir()) as work:
             archive = Path(work) / "rootfs.tar"
             with tarfile.open(archive, "w") as tar:
                 for directory in ("etc/caddy", "etc/ssl/certs", "data", "config", "tmp", "usr/bin"):
@@ -334,27 +334,44 @@ def selected_images() -> tuple[ProxyImage, ...]:
     )
 
 
-def _build_dir() -> Path:
+def build_dir() -> Path:
     path = Path(os.environ.get("DORKOS_DOCS_STATE", ".cache")) / "build"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
+_ONE_PER_PACKAGE = (
+    "I: Retrieving",
+    "I: Validating",
+    "I: Extracting",
+    "I: Unpacking",
+    "I: Configuring",
+)
+
+
 def _run_logged(command: list[str], *, what: str) -> None:
     """Run a build step, showing its progress and failing with its output."""
     log(f"{what}: {' '.join(command[:6])}{' ...' if len(command) > 6 else ''}")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert process.stdout is not None
     tail: list[str] = []
-    for line in process.stdout:
-        tail = [*tail[-39:], line.rstrip()]
-        if line.startswith(
-            ("I: Retrieving", "I: Validating", "I: Extracting", "I: Unpacking", "I: Configuring")
-        ):
-            continue  # one line per package is too much; the rest shows progress
-        if line.startswith("I: "):
-            log(f"{what.split(':', 1)[0]}:   {line.rstrip()}")
-    if process.wait() != 0:
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            tail = [*tail[-39:], line.rstrip()]
+            if line.startswith(
+                (
+                    "I: Retrieving",
+                    "I: Validating",
+                    "I: Extracting",
+                    "I: Unpacking",
+                    "I: Configuring",
+                )
+            ):
+                continue  # one line per package is too much; the rest shows progress
+            if line.startswith("I: "):
+                log(f"{what.split(':', 1)[0]}:   {line.rstrip()}")
+    if process.returncode != 0:
         raise ImageUnavailable(
             f"{what} failed (exit {process.returncode}). Last lines:\n" + "\n".join(tail)
         )

@@ -13,12 +13,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
-from docker.models.containers import Container
 
 from harness import nginx_main
 from harness.acme import AcmeDirectory, AcmeStepFailed, pebble
 from harness.certbot_flow import CertbotResult, certbot_nginx
-from harness.containers import ContainerFailed, docker_client, sweep_leftovers
+from harness.containers import (
+    ContainerFailed,
+    docker_client,
+    remove_this_runs_containers,
+    sweep_leftovers,
+)
 from harness.images import CERTBOT_NGINX_IMAGE, PEBBLE_IMAGE, ProxyImage, selected_images
 from harness.mock_dorkos import MockDorkOS, MockSettings
 from harness.netns import private_network
@@ -29,12 +33,16 @@ from harness.proxies import (
     proxy_version,
     relative,
     run_proxy,
-    serving,
 )
 from harness.tested_with import Outcome
 from harness.tls import SERVER_NAME, TestCA
 
 T = TypeVar("T")
+# Where DorkOS listens by default on Debian: its default DORKOS_HOST is
+# `localhost`, and Node 20 (measured in a Debian 12 container) binds that to
+# ::1 alone. Runs model it there; the disruption runs put it on 127.0.0.1,
+# so every config is run against both.
+DORKOS_LISTENS_ON = ("::1",)
 # Runs at once: every snippet on every version, and each version's
 # measurement of its lines (which has threads of its own), with room to spare.
 BACKGROUND_RUNS = 32
@@ -102,6 +110,15 @@ class ProxyLab:
         """Wait for runs under way (each removes its containers); drop the rest."""
         self._pool.shutdown(wait=True, cancel_futures=True)
 
+    def interrupt(self) -> list[str]:
+        """Stop every run now (Ctrl-C): its proxies go, so no check waits on.
+
+        Checks that were waiting on a proxy then fail at once, and each run's
+        own clean-up finds its containers gone. What was removed is returned.
+        """
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        return remove_this_runs_containers(self.client)
+
     def record(self, snippet: str, image: ProxyImage, prop: str, passed: bool) -> None:
         self.outcomes.append(
             Outcome(
@@ -160,6 +177,9 @@ class ProxyLab:
         shown_as: str | None = None,
         port: int = HTTPS_PORT,
         nginx_log_level: str | None = None,
+        with_mock: bool = True,
+        mock: MockDorkOS | None = None,
+        dorkos_on: tuple[str, ...] = DORKOS_LISTENS_ON,
     ) -> Iterator[RunningProxy]:
         """Serve one published snippet on port 443 of a private network.
 
@@ -210,15 +230,26 @@ class ProxyLab:
                     f"ACME step `obtain a certificate for {SERVER_NAME}` did not complete:\n"
                     f"{error}\n--- ACME server log (last lines) ---\n{certificates.log_tail()}"
                 ) from error
-            stack.enter_context(self.mock.listening_in(network))
+            if with_mock:
+                dorkos = mock or self.mock
+                proxy.dorkos = stack.enter_context(dorkos.listening_in(network, dorkos_on))
             up()
             yield proxy
 
     @contextlib.contextmanager
     def certbot(
-        self, snippet: Path, command: list[str], *, events: Path | None = None
+        self,
+        snippet: Path,
+        command: list[str],
+        *,
+        events: Path | None = None,
+        mock: MockDorkOS | None = None,
+        dorkos_on: tuple[str, ...] = DORKOS_LISTENS_ON,
     ) -> Iterator[CertbotResult]:
-        """Serve a starting config and run the page's certbot command on it."""
+        """Serve a starting config and run the page's certbot command on it.
+
+        `mock` and `dorkos_on` are as for run().
+        """
         image = CERTBOT_NGINX_IMAGE
         workdir = self.run_dir(image.key)
         main_config = self._main_config(image, workdir, False, events)
@@ -232,45 +263,11 @@ class ProxyLab:
             certbot_nginx(
                 self.client, image, self.tag(image), snippet, acme, command, network, main_config
             ) as result,
-            self.mock.listening_in(network),
+            (mock or self.mock).listening_in(network, dorkos_on) as dorkos,
         ):
+            result.proxy.dorkos = dorkos
             up()
             yield result
-
-    @contextlib.contextmanager
-    def serving(
-        self,
-        image: ProxyImage,
-        configs: list[Path],
-        ports: list[int],
-        *,
-        label: str,
-        one_core: bool = False,
-        events: Path | None = None,
-    ) -> Iterator[Container]:
-        """Serve configs on the machine's own network, for the benchmark.
-
-        The benchmark runs its own mock, in a process of its own, on the
-        machine's loopback. `one_core` and `events` are as for run().
-        """
-        workdir = self.run_dir(image.key)
-        main_config = self._main_config(image, workdir, one_core, events)
-        with (
-            self._timed(label) as up,
-            serving(
-                self.client,
-                image,
-                self.tag(image),
-                configs,
-                self.ca,
-                workdir,
-                ports,
-                None,
-                main_config,
-            ) as container,
-        ):
-            up()
-            yield container
 
 
 @contextlib.contextmanager

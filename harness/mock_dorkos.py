@@ -14,8 +14,8 @@ names `upgrade` and that has an `Upgrade` header goes to the upgrade
 router. The sequencing behind both is one core (harness.mock_streams).
 
 Differences from DorkOS that are deliberate (see docs/how-it-is-tested.md):
-- it binds 127.0.0.1 only by default, where DorkOS binds whatever `localhost`
-  resolves to first;
+- it listens on the addresses a run gives it (harness.lab: ::1, where Node
+  20 binds DorkOS's default `localhost` on Debian), not on a name;
 - live events are produced by a schedule the test sets (or by `publish`),
   not by an agent;
 - login is not modelled: the host guard and the upgrade router behave as
@@ -154,6 +154,43 @@ class _ClientGone(Exception):
     pass
 
 
+class Listening:
+    """Where a mock serves one run's network; stopped and started as DorkOS restarts."""
+
+    def __init__(self, mock: MockDorkOS, network: PrivateNetwork, hosts: tuple[str, ...]) -> None:
+        self.mock, self.network, self.hosts = mock, network, hosts
+        self._servers: list[asyncio.base_events.Server] = []
+
+    def start(self) -> None:
+        for host in self.hosts:
+            address = (host, self.mock.settings.port)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            try:
+                sock = self.network.call(
+                    socket.create_server, address, family=family, backlog=LISTEN_BACKLOG
+                )
+            except OSError as error:
+                self.stop()
+                shown = f"[{host}]" if ":" in host else host
+                raise RuntimeError(
+                    f"the mock DorkOS upstream could not listen on {shown}:{address[1]} "
+                    f"in {self.network.name}: {error}"
+                ) from error
+            try:
+                self._servers.append(self.mock._serve(sock))
+            except BaseException:
+                sock.close()
+                raise
+
+    def stop(self, *, drop_connections: bool = False) -> None:
+        """Stop listening; with `drop_connections`, cut every open one, as a crash would."""
+        while self._servers:
+            self.mock._unserve(self._servers.pop(), drop_connections=drop_connections)
+
+    def close(self) -> None:
+        self.stop()
+
+
 class MockDorkOS:
     """The mock server, run on its own event loop in a background thread.
 
@@ -225,32 +262,45 @@ class MockDorkOS:
         return f"http://{self.settings.host}:{self.port}"
 
     @contextlib.contextmanager
-    def listening_in(self, network: PrivateNetwork) -> Iterator[None]:
-        """Also serve settings.host:port inside a run's private network."""
+    def listening_in(
+        self, network: PrivateNetwork, hosts: tuple[str, ...] | None = None
+    ) -> Iterator[Listening]:
+        """Also serve `hosts` (settings.host) on settings.port inside a run's network."""
+        listening = Listening(self, network, hosts or (self.settings.host,))
+        listening.start()
+        try:
+            yield listening
+        finally:
+            listening.close()
+
+    def _serve(self, sock: socket.socket) -> asyncio.base_events.Server:
         loop = self._loop
         if loop is None:
             raise RuntimeError("the mock is not running")
-        address = (self.settings.host, self.settings.port)
-        try:
-            sock = network.call(socket.create_server, address, backlog=LISTEN_BACKLOG)
-        except OSError as error:
-            raise RuntimeError(
-                f"the mock DorkOS upstream could not listen on {address[0]}:{address[1]} "
-                f"in {network.name}: {error}"
-            ) from error
-        try:
-            server = asyncio.run_coroutine_threadsafe(
-                asyncio.start_server(self._handle, sock=sock, backlog=LISTEN_BACKLOG), loop
-            ).result(timeout=10)
-        except BaseException:
-            sock.close()
-            raise
+        server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, sock=sock, backlog=LISTEN_BACKLOG), loop
+        ).result(timeout=10)
         self._private_servers.append(server)
-        try:
-            yield
-        finally:
-            self._private_servers.remove(server)
-            loop.call_soon_threadsafe(server.close)
+        return server
+
+    def _unserve(self, server: asyncio.base_events.Server, *, drop_connections: bool) -> None:
+        loop = self._loop
+        self._private_servers.remove(server)
+        if loop is None:
+            return
+
+        async def close() -> None:
+            server.close()
+            if drop_connections:
+                for writer in list(self._writers):
+                    writer.transport.abort()
+
+        asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=10)
+
+    def new_epoch(self) -> int:
+        """What a restarted DorkOS has: cursors from before it no longer resume."""
+        self.started_ms = max(self.started_ms + 1, int(time.time() * 1000))
+        return self.started_ms
 
     def stop(self) -> None:
         loop, server = self._loop, self._server

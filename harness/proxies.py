@@ -28,6 +28,7 @@ from harness.tls import SERVER_NAME, TestCA
 
 if TYPE_CHECKING:
     from harness.acme import AcmeDirectory
+    from harness.mock_dorkos import Listening
 
 # Where a proxy's certificates come from: files made by the test CA, or an
 # ACME server the proxy asks itself.
@@ -214,6 +215,8 @@ class RunningProxy:
     container: Container
     target: Target
     network: PrivateNetwork
+    # Where the run's DorkOS listens, to stop and start it (None: the caller's own).
+    dorkos: Listening | None = None
 
     @property
     def proxy(self) -> str:

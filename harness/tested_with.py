@@ -79,6 +79,8 @@ PROPERTY_WORDS = {
     "slow-first-byte": "Answer after 65 s gets through",
     "in-chromium": "The app's streams in Chromium",
     "holds-500-streams": "500 streams at once",
+    "dorkos-on-127.0.0.1": "DorkOS on 127.0.0.1 instead of ::1",
+    "dorkos-restart": "DorkOS restarts with streams open",
     "certbot-renew-dry-run": "certbot renew --dry-run",
     "certbot-diff-on-page": "certbot's changes as the page shows",
 }

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import docker.errors
 import pytest
 
 from harness.containers import (
@@ -18,7 +23,8 @@ from harness.containers import (
     docker_client,
     sweep_leftovers,
 )
-from harness.lab import ProxyLab, proxy_lab
+from harness.images import DebianImage, ImageUnavailable, build_dir
+from harness.lab import DORKOS_LISTENS_ON, ProxyLab, proxy_lab
 from harness.proxies import ConfigRejected
 
 pytestmark = pytest.mark.docker
@@ -118,3 +124,78 @@ def test_unreachable_engine_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         r"unix:///nonexistent/docker\.sock",
     ):
         docker_client()
+
+
+def test_port_already_taken_in_a_runs_network_is_named(lab: ProxyLab) -> None:
+    image = lab.images_for("nginx")[0]
+    snippet = Path(__file__).parent.parent / "snippets/nginx/dorkos.conf"
+    # The run's DorkOS already holds [::1]:4242 there.
+    with (
+        lab.run(image, snippet) as proxy,
+        pytest.raises(RuntimeError) as taken,
+        lab.mock.listening_in(proxy.network, DORKOS_LISTENS_ON),
+    ):
+        pass
+    message = str(taken.value)
+    assert "could not listen on [::1]:4242 in the private network of" in message
+    assert "Address already in use" in message
+
+
+def test_an_image_build_that_fails_leaves_nothing_half_built(lab: ProxyLab) -> None:
+    broken = DebianImage(
+        "broken-build",
+        "nginx",
+        "an image whose package does not exist",
+        suite="bookworm",
+        packages=("dorkos-docs-no-such-package",),
+    )
+    for attempt in (1, 2):  # the second run tries afresh: no failure is remembered
+        with pytest.raises(ImageUnavailable, match="dorkos-docs-no-such-package"):
+            broken.ensure(lab.client)
+        with pytest.raises(docker.errors.ImageNotFound):
+            lab.client.images.get(broken.tag())
+        leftovers = list(build_dir().glob("broken-build-*"))
+        assert leftovers == [], f"attempt {attempt} left {leftovers}"
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_no_container_behind(tmp_path: Path) -> None:
+    """Ctrl-C in the middle of a run: its proxies go at once, and nothing is left."""
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "docs/reverse-proxy.md",
+            "-k",
+            "Caddyfile",
+            "--basetemp",
+            str(tmp_path / "run"),
+        ],
+        cwd=Path(__file__).parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    client = docker_client()
+    try:
+        label = {"label": f"{PID_LABEL}={run.pid}"}
+        deadline = time.monotonic() + 120
+        # Wait for its proxies to be up, a real signal of a run under way.
+        while len(client.api.containers(filters=label)) < 2:
+            assert run.poll() is None, run.communicate()[0]
+            assert time.monotonic() < deadline, "the run never started its proxies"
+            time.sleep(0.2)  # polls the engine's list of this run's containers
+        run.send_signal(signal.SIGINT)
+        output, _ = run.communicate(timeout=60)
+        left = client.api.containers(all=True, filters=label)
+        assert left == [], f"containers left behind: {[c['Names'] for c in left]}\n{output}"
+        assert "interrupted: removed" in output, output
+        assert run.returncode == 2, output  # pytest's "interrupted"
+    finally:
+        if run.poll() is None:
+            run.kill()
+        client.close()

@@ -9,18 +9,19 @@ fails when that file no longer says what the suite measures.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness import browser, capacity, contract, necessity, stream_checks
+from harness import browser, capacity, contract, disruptions, necessity, stream_checks
 from harness.containers import Mount, run_to_completion
-from harness.endpoints import Check, ContractViolation, run_check
+from harness.endpoints import Check, ContractViolation, Endpoint, run_check
 from harness.images import ProxyImage
 from harness.lab import ProxyLab
+from harness.mock_dorkos import Listening, MockDorkOS, MockSettings
 from harness.proxies import NGINX_EVENTS_SNIPPET, RECOMMENDED_SNIPPETS, REPO_ROOT
 from harness.tls import SERVER_NAME
 from harness.variants import AS_PUBLISHED, variants_for
@@ -191,6 +192,9 @@ def test_highlighted_lines_are_the_ones_measured_to_matter() -> None:
         if v["fails"] and (change := v["change"] or "").startswith("-")
         for directive in [change[1:]]
     }
+    # Not a location directive, so not in the tables: the restart test shows
+    # what it is for (test_without_max_fails_0_nginx_answers_502_...).
+    mattering.add(lines.index("    server localhost:4242 max_fails=0;") + 1)
     assert highlighted == mattering, (
         f"highlighted lines {sorted(highlighted)}; lines whose removal broke something "
         f"{sorted(mattering)}"
@@ -340,3 +344,74 @@ def test_nginx_refuses_the_map_outside_http(proxy_lab: ProxyLab, where: str) -> 
     )
     assert code != 0, output
     assert '"map" directive is not allowed here' in output, output
+
+
+# -- "When DorkOS restarts" and "Where DorkOS listens".
+
+
+def _with_own_dorkos(
+    lab: ProxyLab,
+    text: str,
+    label: str,
+    dorkos_on: tuple[str, ...],
+    check: Callable[[Endpoint, MockDorkOS, Listening], str],
+) -> dict[str, str]:
+    """{image: summary or 'FAIL: why'} for `check` on each nginx, with a DorkOS of its own."""
+
+    def one(image: ProxyImage) -> str:
+        config = lab.run_dir("claim") / "dorkos.conf"
+        config.write_text(text)
+        with (
+            MockDorkOS(MockSettings(), listen=False) as mock,
+            lab.run(
+                image,
+                config,
+                shown_as=label,
+                events=NGINX_EVENTS_SNIPPET,
+                mock=mock,
+                dorkos_on=dorkos_on,
+            ) as proxy,
+        ):
+            dorkos = proxy.dorkos
+            assert dorkos is not None
+
+            def with_dorkos(endpoint: Endpoint, mock: MockDorkOS) -> str:
+                return check(endpoint, mock, dorkos)
+
+            try:
+                return run_check(with_dorkos, proxy, mock)
+            except ContractViolation as failed:
+                return "FAIL: " + str(failed)
+
+    images = lab.images_for("nginx")
+    with ThreadPoolExecutor(len(images)) as pool:
+        return dict(zip((i.key for i in images), pool.map(one, images), strict=True))
+
+
+def test_without_max_fails_0_nginx_answers_502_after_dorkos_is_back(proxy_lab: ProxyLab) -> None:
+    """Common issue: "502 Bad Gateway for a few seconds after DorkOS restarts"."""
+    nginx = (REPO_ROOT / RECOMMENDED_SNIPPETS["nginx"]).read_text()
+    assert "server localhost:4242 max_fails=0;" in nginx
+    default = nginx.replace("server localhost:4242 max_fails=0;", "server localhost:4242;")
+    seen = _with_own_dorkos(
+        proxy_lab, default, "without max_fails=0", ("127.0.0.1",), disruptions.check_dorkos_restart
+    )
+    for image, result in seen.items():
+        assert "the proxy still answered 502" in result, f"{image}: {result}"
+        assert "no live upstreams" in result, f"{image}: {result}"
+
+
+def test_a_config_naming_127_0_0_1_fails_when_dorkos_is_on_ipv6(proxy_lab: ProxyLab) -> None:
+    """Common issue: "502 Bad Gateway, and DorkOS is running"."""
+    nginx = (REPO_ROOT / RECOMMENDED_SNIPPETS["nginx"]).read_text()
+    ipv4 = nginx.replace("server localhost:4242", "server 127.0.0.1:4242")
+
+    def health(endpoint: Endpoint, mock: MockDorkOS, dorkos: Listening) -> str:
+        return contract.check_ordinary_traffic(endpoint, mock)
+
+    for on, fails in ((("::1",), True), (("127.0.0.1",), False)):
+        seen = _with_own_dorkos(proxy_lab, ipv4, "127.0.0.1:4242", on, health)
+        for image, result in seen.items():
+            assert result.startswith("FAIL") == fails, f"{image}, DorkOS on {on}: {result}"
+            if fails:
+                assert "answered 502" in result and "Connection refused" in result, result

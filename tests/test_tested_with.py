@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from harness import tested_with
 from harness.contract import PROPERTIES
+from harness.flows import DISRUPTIONS
 from harness.images import LOCAL_IMAGES
 from harness.proxies import REPO_ROOT
 from harness.snippet_examples import SNIPPETS
@@ -23,6 +24,7 @@ def test_table_covers_every_version_and_property() -> None:
     outcomes = tested_with.load()["outcomes"]
     assert {i.key for i in LOCAL_IMAGES} <= {o["image"] for o in outcomes}, REGENERATE
     expected = {"accepts-config-and-starts", *(p.name for p in PROPERTIES)}
+    expected |= {name for name, _ in DISRUPTIONS}
     for snippet in tested_with.load()["snippets"]:
         for image in {o["image"] for o in outcomes if o["snippet"] == snippet}:
             props = {o["prop"] for o in outcomes if (o["snippet"], o["image"]) == (snippet, image)}
@@ -42,4 +44,5 @@ def test_every_property_reads_as_words_on_the_page() -> None:
 
     names = {"accepts-config-and-starts", REDIRECT.name, *(p.name for p in PROPERTIES)}
     names |= {"certbot-renew-dry-run", "certbot-diff-on-page"}
+    names |= {name for name, _ in DISRUPTIONS}
     assert names <= tested_with.PROPERTY_WORDS.keys(), names - tested_with.PROPERTY_WORDS.keys()

@@ -8,15 +8,15 @@ data covers what the page claims to measure.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from harness import bench
 from harness.images import LOCAL_IMAGES
-from harness.proxies import RECOMMENDED_SNIPPETS
 from harness.sse_client import Dechunker
 
 
-def committed() -> dict[str, object]:
-    data: dict[str, object] = json.loads(bench.DATA_FILE.read_text())
+def committed() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(bench.DATA_FILE.read_text())
     return data
 
 
@@ -26,23 +26,79 @@ def test_page_table_is_rendered_from_the_data() -> None:
     )
 
 
-def test_data_covers_every_proxy_version_and_level() -> None:
+def test_data_covers_every_proxy_version_level_and_transport() -> None:
     data = committed()
-    levels = data["levels"]
-    assert isinstance(levels, list)
-    measured = {
-        (level["target"].split(" on ")[-1], level["streams"], level["transport"])
-        for level in levels
-    }
-    versions = data["versions"]
-    assert isinstance(versions, dict)
+    measured = {(row["path"], row["streams"], row["transport"]) for row in data["rows"]}
+    paths = {bench.DIRECT}
     for image in LOCAL_IMAGES:
-        assert image.key in versions, f"{image.key} is not in the benchmark; run `make bench`"
+        assert image.key in data["versions"], f"{image.key} is not in the benchmark"
+        proxy = "Caddy" if image.proxy == "caddy" else "nginx"
+        paths.add(f"{proxy} {data['versions'][image.key]}")
+    for path in paths:
         for count in bench.LEVELS:
             for transport in bench.TRANSPORT_NAMES.values():
-                assert (f"{image.proxy} {versions[image.key]}", count, transport) in measured
-    baseline = {level["streams"] for level in levels if "baseline" in level["target"]}
-    assert baseline == set(bench.LEVELS)
+                assert (path, count, transport) in measured, f"{path}, {count}, {transport}"
+    assert {(row["path"], row["transport"]) for row in data["capacity"]} == {
+        (path, transport) for path in paths for transport in bench.TRANSPORT_NAMES.values()
+    }
+
+
+def test_every_row_is_a_median_over_the_rounds() -> None:
+    data = committed()
+    assert data["rounds"] >= 3, "a spread needs three rounds or more"
+    for row in data["rows"]:
+        assert row["rounds"] == data["rounds"], row
+        for figure in ("p50_ms", "p99_ms"):
+            spread = row[figure]
+            assert spread["min"] <= spread["median"] <= spread["max"], (row["path"], figure)
+
+
+def test_published_comparisons_are_the_ones_the_data_supports() -> None:
+    data = committed()
+    assert data["comparisons"] == bench.comparisons(data["rows"])
+
+
+def test_summary_pairs_each_round_with_the_direct_path_beside_it() -> None:
+    # Two rounds: the proxy was twice as slow as direct in the first, three
+    # times in the second; its ratio is taken round by round.
+    def sample(path: str, p99: float) -> bench.Sample:
+        return bench.Sample(path, "SSE", 100, 1000, 0, None, True, p99 / 2, p99, 1.0, 10.0, 2.0)
+
+    rows = bench.summarise(
+        [
+            sample(bench.DIRECT, 1.0),
+            sample("nginx", 2.0),
+            sample(bench.DIRECT, 2.0),
+            sample("nginx", 6.0),
+        ]
+    )
+    (proxy,) = [row for row in rows if row["path"] == "nginx"]
+    assert proxy["p99_ratio_to_direct"] == {"median": 2.5, "min": 2.0, "max": 3.0}
+
+
+def test_a_comparison_needs_ranges_that_do_not_overlap() -> None:
+    def row(path: str, low: float, high: float) -> dict[str, Any]:
+        spread = {"median": (low + high) / 2, "min": low, "max": high}
+        return {
+            "path": path,
+            "transport": "SSE",
+            "streams": 500,
+            **dict.fromkeys(bench.COMPARED, spread),
+        }
+
+    assert bench.comparisons([row("a", 1, 2), row("b", 1.5, 3)]) == []
+    assert len(bench.comparisons([row("a", 1, 2), row("b", 2.5, 3)])) == len(bench.COMPARED)
+
+
+def test_one_worker_rows_back_the_limits_section() -> None:
+    """What it costs, Limits: Debian's events block fails at 500 streams, the page's holds."""
+    rows = committed()["one_worker"]
+    stock = [r for r in rows if "Debian's events block" in r["path"]]
+    fixed = [r for r in rows if bench.ONE_CORE_FIX in r["path"]]
+    nginx_versions = sum(1 for image in LOCAL_IMAGES if image.proxy == "nginx")
+    assert len(stock) == len(fixed) == nginx_versions, "no one-worker rows; run `make bench`"
+    assert all(r["failed_streams"] > 0 for r in stock), stock
+    assert all(r["failed_streams"] == 0 and r["every_event_once"] for r in fixed), fixed
 
 
 def test_bench_client_undoes_chunking_across_any_split() -> None:
@@ -51,24 +107,3 @@ def test_bench_client_undoes_chunking_across_any_split() -> None:
         dechunker = Dechunker()
         pieces = [raw[i : i + size] for i in range(0, len(raw), size)]
         assert b"".join(dechunker.feed(piece) for piece in pieces) == b"helloabc"
-
-
-def test_one_worker_rows_back_the_limits_section() -> None:
-    """What it costs, Limits: Debian's events block fails at 500 streams, the fix holds."""
-    data = committed()
-    levels, versions = data["levels"], data["versions"]
-    assert isinstance(levels, list) and isinstance(versions, dict)
-    for image in LOCAL_IMAGES:
-        if image.proxy != "nginx":
-            continue
-        one_worker = [
-            level
-            for level in levels
-            if level["target"].startswith(f"{RECOMMENDED_SNIPPETS['nginx']} + ")
-            and f"nginx {versions[image.key]}, one worker" in level["target"]
-        ]
-        stock = [level for level in one_worker if bench.ONE_CORE_FIX not in level["target"]]
-        fixed = [level for level in one_worker if bench.ONE_CORE_FIX in level["target"]]
-        assert len(stock) == len(fixed) == 1, f"{image.key}: no one-worker rows; run `make bench`"
-        assert stock[0]["failed_streams"] > 0, f"{image.key}: Debian's events block held them all"
-        assert fixed[0]["failed_streams"] == 0 and fixed[0]["exactly_once"], fixed[0]

@@ -1,0 +1,151 @@
+"""When things go wrong: DorkOS restarts, the proxy reloads, with streams open.
+
+A reader's proxy doesn't live in a quiet minute: DorkOS is upgraded and
+restarted, certbot's renewal reloads nginx, Caddy reloads its config. These
+checks run each published config through that, with a DorkOS of the run's
+own (one that can be stopped without stopping anyone else's), listening
+where DorkOS itself listens by default.
+
+Each check reports what the reader would see (the status while DorkOS is
+down, how soon the proxy forwards again, whether open streams survive a
+reload) and fails where the reader would be left stuck: a hanging request,
+502s after DorkOS is back, or a reconnect that loses or repeats events.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+
+from harness import margins
+from harness.endpoints import Endpoint, violation
+from harness.mock_dorkos import Listening, MockDorkOS
+from harness.sse_client import Frame
+from harness.stream_checks import (
+    HELD_BACK_AFTER_S,
+    STREAM_STOPPED,
+    TRANSPORTS,
+    Transport,
+    new_session,
+    opened,
+    spoken,
+    stream_path,
+)
+
+# DorkOS is down this long, as for an upgrade's restart.
+DOWN_S = 3.0
+# While it is down, the proxy must answer (an error, but an answer): a
+# healthy proxy refuses at once, in milliseconds; a hanging one never does.
+ANSWER_WITHIN_S = 10.0
+# Once it is back, the proxy must forward again: a healthy proxy does with
+# its next request; nginx's default marks a failed upstream down for 10 s
+# (fail_timeout), from its last failure, just before DorkOS came back.
+RECOVER_WITHIN_S = 5.0
+# How often the browser-like client asks while DorkOS is down or coming
+# back: the app's own retries are of this order.
+ASK_EVERY_S = 0.1
+
+
+def _health(endpoint: Endpoint) -> tuple[int, float]:
+    """GET /api/health: its status (0: no answer) and how long the answer took."""
+    started = time.monotonic()
+    try:
+        with endpoint.target.client(timeout=ANSWER_WITHIN_S) as client:
+            status = client.get("/api/health", extensions=endpoint.target.extensions).status_code
+    except httpx.TimeoutException:
+        status = 0
+    return status, time.monotonic() - started
+
+
+def _cut(take: Callable[[int], list[Frame]]) -> str:
+    """How an open stream ended once DorkOS went away."""
+    try:
+        frames = take(1)
+    except STREAM_STOPPED as error:
+        return type(error).__name__
+    return f"still delivering ({frames[0].event!r})"
+
+
+def check_dorkos_restart(endpoint: Endpoint, mock: MockDorkOS, dorkos: Listening) -> str:
+    """DorkOS stops with streams open, and is back DOWN_S later with a new epoch.
+
+    Open streams end (so the app reconnects); while DorkOS is down the proxy
+    answers, and at once; once it is back, the proxy forwards again within
+    RECOVER_WITHIN_S; and a client that reconnects as the app does, from a
+    cursor of the old epoch, gets a fresh snapshot, as DorkOS promises then.
+    """
+    session = new_session(mock, heartbeat_interval=None)
+    path = stream_path(session)
+    endings = {}
+    with (
+        opened(endpoint, path, "sse", timeout=HELD_BACK_AFTER_S) as sse,
+        opened(endpoint, path, "websocket", timeout=HELD_BACK_AFTER_S) as socket,
+    ):
+        sse(1), socket(1)  # the snapshots
+        cursor = mock.publish(session)
+        sse(1), socket(1)
+        dorkos.stop(drop_connections=True)
+        down_at = time.monotonic()
+        endings = {"sse": _cut(sse), "websocket": _cut(socket)}
+    still_open = {t: how for t, how in endings.items() if how.startswith("still")}
+    if still_open:
+        dorkos.start()
+        raise violation(endpoint, f"DorkOS stopped, and the proxy kept streams open: {still_open}")
+    statuses: set[int] = set()
+    slowest = 0.0
+    while time.monotonic() < down_at + DOWN_S:
+        status, took = _health(endpoint)
+        statuses.add(status)
+        slowest = max(slowest, took)
+        time.sleep(ASK_EVERY_S)  # the pace of a client retrying, not a wait for a signal
+    mock.new_epoch()
+    dorkos.start()
+    up_at = time.monotonic()
+    if 0 in statuses or slowest > ANSWER_WITHIN_S:
+        raise violation(
+            endpoint,
+            f"while DorkOS was down, a request waited {slowest:.1f} s for an answer; "
+            f"bound {ANSWER_WITHIN_S:.0f} s",
+        )
+    margins.observe("answer while DorkOS is down", slowest, ANSWER_WITHIN_S, endpoint.label)
+    while (status := _health(endpoint)[0]) != 200:
+        if time.monotonic() - up_at > RECOVER_WITHIN_S:
+            raise violation(
+                endpoint,
+                f"DorkOS was back, and {RECOVER_WITHIN_S:.0f} s later the proxy still "
+                f"answered {status}, not DorkOS's 200; bound {RECOVER_WITHIN_S:.0f} s",
+            )
+        time.sleep(ASK_EVERY_S)  # as above: a client asking again
+    recovered = time.monotonic() - up_at
+    margins.observe(
+        "forwarding again after DorkOS is back", recovered, RECOVER_WITHIN_S, endpoint.label
+    )
+    resumed = {t: _reconnect(endpoint, path, cursor, t) for t in TRANSPORTS}
+    wrong = {t: first for t, first in resumed.items() if first != "snapshot"}
+    if wrong:
+        raise violation(
+            endpoint,
+            f"reconnecting from {cursor} (DorkOS's previous start) got {wrong}; DorkOS "
+            f"answers a cursor from another start with a fresh snapshot",
+        )
+    shown = ", ".join(str(s) for s in sorted(statuses))
+    return (
+        f"streams ended ({endings['sse']} over SSE, {endings['websocket']} over a socket); "
+        f"while down: {shown} within {slowest * 1000:.0f} ms; forwarding again "
+        f"{recovered * 1000:.0f} ms after DorkOS was back; reconnects got a fresh snapshot"
+    )
+
+
+def _reconnect(endpoint: Endpoint, path: str, cursor: str, transport: Transport) -> str:
+    """The first frame a client reconnecting from `cursor` gets, as the app reconnects."""
+    if transport == "sse":
+        again, headers = path, {"Last-Event-ID": cursor}
+    else:
+        again, headers = f"{path}?resume={cursor}", {}
+    try:
+        with opened(endpoint, again, transport, timeout=HELD_BACK_AFTER_S, headers=headers) as take:
+            return take(1)[0].event or "(no event)"
+    except STREAM_STOPPED as error:
+        return f"{spoken(transport)}: {type(error).__name__}"
