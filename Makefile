@@ -14,7 +14,7 @@ TIMED := scripts/timed
 export DORKOS_DOCS_STATE ?= .cache
 SETUP_TIMES := $(DORKOS_DOCS_STATE)/setup-times.tsv
 
-.PHONY: serve site test check lint typecheck host browser images necessity tested-with bench clean
+.PHONY: serve site test check lint typecheck host browser images necessity tested-with bench soak clean
 
 $(INSTALLED): pyproject.toml
 	$(TIMED) "Python packages (venv, pip install)" sh -ec '\
@@ -55,6 +55,10 @@ tested-with: $(INSTALLED) host images
 ## bench: added latency and concurrent streams per proxy; rewrites data/bench.json
 bench: $(INSTALLED) host images
 	$(BIN)/python -m harness.bench --write
+
+## soak: 500 streams per config for ten minutes; rewrites data/soak.json
+soak: $(INSTALLED) host images
+	$(BIN)/python -m harness.soak --write
 
 ## lint / typecheck: ruff and mypy over the Python code; the CI workflow against its schema
 lint: $(INSTALLED)

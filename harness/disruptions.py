@@ -22,6 +22,7 @@ import httpx
 from harness import margins
 from harness.endpoints import Endpoint, violation
 from harness.mock_dorkos import Listening, MockDorkOS
+from harness.proxies import RunningProxy
 from harness.sse_client import Frame
 from harness.stream_checks import (
     HELD_BACK_AFTER_S,
@@ -149,3 +150,99 @@ def _reconnect(endpoint: Endpoint, path: str, cursor: str, transport: Transport)
             return take(1)[0].event or "(no event)"
     except STREAM_STOPPED as error:
         return f"{spoken(transport)}: {type(error).__name__}"
+
+
+RELOADS = 3
+# Once the streams they serve have closed, an old nginx worker exits at once;
+# a few seconds is many times that, on a busy machine too.
+OLD_WORKERS_GONE_WITHIN_S = 10.0
+_SHUTTING_DOWN = "worker process is shutting down"
+
+
+def _old_workers(proxy: RunningProxy) -> tuple[int, float]:
+    """nginx workers an earlier config left running, and their memory in MiB."""
+    listed = proxy.container.top(ps_args="-o pid,rss,args")["Processes"]
+    old = [row for row in listed if _SHUTTING_DOWN in row[2]]
+    return len(old), sum(int(row[1]) for row in old) / 1024
+
+
+def _reload(proxy: RunningProxy) -> None:
+    code, output = proxy.container.exec_run(proxy.reload_command)
+    if code != 0:
+        raise violation(
+            proxy, f"`{' '.join(proxy.reload_command)}` failed (exit {code}): {output!r}"
+        )
+
+
+def check_proxy_reload(endpoint: Endpoint, mock: MockDorkOS, dorkos: Listening) -> str:
+    """The proxy reloads RELOADS times with streams open, as certbot's renewal does.
+
+    Each open stream either goes on, or is cut and resumed the way the app
+    resumes; either way the client gets every event once. nginx keeps an
+    old worker for as long as a stream it serves stays open: their number
+    and memory are reported, and they must be gone once the streams close.
+    """
+    assert isinstance(endpoint, RunningProxy)
+    session = new_session(mock, heartbeat_interval=None)
+    path = stream_path(session)
+    seen: dict[Transport, str] = {}
+    with (
+        opened(endpoint, path, "sse", timeout=HELD_BACK_AFTER_S) as sse,
+        opened(endpoint, path, "websocket", timeout=HELD_BACK_AFTER_S) as socket,
+    ):
+        takes: dict[Transport, Callable[[int], list[Frame]]] = {"sse": sse, "websocket": socket}
+        for take in takes.values():
+            take(1)  # the snapshot
+        cursor = mock.publish(session, n=1)
+        for take in takes.values():
+            take(1)
+        for _ in range(RELOADS):
+            _reload(endpoint)
+        after = [mock.publish(session, n=n) for n in (2, 3)]
+        for transport, take in takes.items():
+            seen[transport] = _after_reload(endpoint, path, cursor, after, transport, take)
+        old_open = _old_workers(endpoint) if endpoint.proxy == "nginx" else (0, 0.0)
+    gone_at = time.monotonic() + OLD_WORKERS_GONE_WITHIN_S
+    while endpoint.proxy == "nginx" and _old_workers(endpoint)[0]:
+        if time.monotonic() > gone_at:
+            raise violation(
+                endpoint,
+                f"{_old_workers(endpoint)[0]} old nginx workers still ran "
+                f"{OLD_WORKERS_GONE_WITHIN_S:.0f} s after the last stream closed",
+            )
+        time.sleep(ASK_EVERY_S)  # polls the container's process list
+    workers = (
+        f"; {old_open[0]} old nginx workers ({old_open[1]:.1f} MiB) ran on while the streams "
+        f"were open, none once they closed"
+        if endpoint.proxy == "nginx"
+        else ""
+    )
+    return f"{RELOADS} reloads: SSE {seen['sse']}, socket {seen['websocket']}{workers}"
+
+
+def _after_reload(
+    endpoint: Endpoint,
+    path: str,
+    cursor: str,
+    after: list[str],
+    transport: Transport,
+    take: Callable[[int], list[Frame]],
+) -> str:
+    """How one stream fared: kept open, or cut and resumed exactly once."""
+    try:
+        got = [f.event_id for f in take(len(after))]
+        how = "kept open"
+    except STREAM_STOPPED:
+        if transport == "sse":
+            again, headers = path, {"Last-Event-ID": cursor}
+        else:
+            again, headers = f"{path}?resume={cursor}", {}
+        with opened(endpoint, again, transport, timeout=HELD_BACK_AFTER_S, headers=headers) as t:
+            got = [f.event_id for f in t(len(after))]
+        how = "cut, resumed"
+    if got != after:
+        raise violation(
+            endpoint,
+            f"{spoken(transport)}, after the reloads: expected {after} once each, got {got}",
+        )
+    return f"{how}, every event once"

@@ -36,7 +36,7 @@ from harness.contract import (
     check_realtime,
     run_contract,
 )
-from harness.disruptions import check_dorkos_restart
+from harness.disruptions import check_dorkos_restart, check_proxy_reload
 from harness.endpoints import Endpoint, run_check
 from harness.images import CERTBOT_NGINX_IMAGE, ProxyImage
 from harness.lab import ProxyLab
@@ -139,6 +139,7 @@ def _on_ipv4_loopback(endpoint: Endpoint, mock: MockDorkOS) -> str:
 DISRUPTIONS: tuple[tuple[str, Callable[[Endpoint, MockDorkOS, Listening], str]], ...] = (
     ("dorkos-on-127.0.0.1", lambda endpoint, mock, dorkos: _on_ipv4_loopback(endpoint, mock)),
     ("dorkos-restart", check_dorkos_restart),
+    ("proxy-reload", check_proxy_reload),
 )
 
 

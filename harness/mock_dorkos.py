@@ -895,6 +895,7 @@ def main() -> None:
     parser.add_argument(
         "--heartbeat-interval", type=float, default=15.0, help="0 turns heartbeats off"
     )
+    parser.add_argument("--max-stream-seconds", type=float, default=MockSettings.max_stream_seconds)
     args = parser.parse_args()
     settings = MockSettings(
         host=args.host,
@@ -903,6 +904,7 @@ def main() -> None:
         event_interval=args.event_interval,
         snapshot_bytes=args.snapshot_bytes,
         heartbeat_interval=args.heartbeat_interval or None,
+        max_stream_seconds=args.max_stream_seconds,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

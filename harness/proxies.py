@@ -103,6 +103,7 @@ def nginx_launch(
     )
 
 
+CADDY_CONFIG_ARGS = ["--config", "/etc/dorkos-docs/harness.Caddyfile", "--adapter", "caddyfile"]
 _CADDY_WRAPPER = """\
 # Written by the test harness; the published snippet is imported unchanged.
 {{
@@ -161,7 +162,7 @@ def caddy_launch(
             imports="\n".join(f"import {path}" for path in in_container),
         )
     )
-    config = ["--config", f"{harness_dir}/harness.Caddyfile", "--adapter", "caddyfile"]
+    config = CADDY_CONFIG_ARGS
     return ProxyLaunch(
         mounts=[
             *(Mount(str(c.resolve()), path) for path, c in in_container.items()),
@@ -217,6 +218,14 @@ class RunningProxy:
     network: PrivateNetwork
     # Where the run's DorkOS listens, to stop and start it (None: the caller's own).
     dorkos: Listening | None = None
+
+    @property
+    def reload_command(self) -> list[str]:
+        """What a reader runs to reload the config (certbot's renewal hook does too)."""
+        if self.proxy == "nginx":
+            return ["nginx", "-s", "reload"]
+        # --force: Caddy skips a reload whose config has not changed.
+        return ["caddy", "reload", "--force", *CADDY_CONFIG_ARGS]
 
     @property
     def proxy(self) -> str:

@@ -54,7 +54,7 @@ SILENCE_S = 65.0
 # close on. A proxy that doesn't passes it on at DorkOS's next write, which
 # on an idle stream without heartbeats never comes; a healthy one took
 # milliseconds under load. The bound is far from both.
-DISCONNECT_BOUND_S = 10.0
+DISCONNECT_BOUND_S = 20.0
 
 
 class StreamEnded(Exception):

@@ -81,6 +81,7 @@ PROPERTY_WORDS = {
     "holds-500-streams": "500 streams at once",
     "dorkos-on-127.0.0.1": "DorkOS on 127.0.0.1 instead of ::1",
     "dorkos-restart": "DorkOS restarts with streams open",
+    "proxy-reload": "The proxy reloads with streams open",
     "certbot-renew-dry-run": "certbot renew --dry-run",
     "certbot-diff-on-page": "certbot's changes as the page shows",
 }

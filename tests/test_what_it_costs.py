@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from harness import bench
+from harness import bench, soak
 from harness.images import LOCAL_IMAGES
+from harness.proxies import REPO_ROOT
 from harness.sse_client import Dechunker
 
 
@@ -24,6 +25,9 @@ def test_page_table_is_rendered_from_the_data() -> None:
     assert bench.TABLE_FILE.read_text() == bench.render(committed()), (
         "generated/bench.md was edited by hand; run `make bench`"
     )
+    page = (REPO_ROOT / "docs" / "what-it-costs.md").read_text()
+    for table in (bench.TABLE_FILE, soak.TABLE_FILE):
+        assert f'--8<-- "generated/{table.name}"' in page, f"the page does not show {table.name}"
 
 
 def test_data_covers_every_proxy_version_level_and_transport() -> None:
@@ -107,3 +111,12 @@ def test_bench_client_undoes_chunking_across_any_split() -> None:
         dechunker = Dechunker()
         pieces = [raw[i : i + size] for i in range(0, len(raw), size)]
         assert b"".join(dechunker.feed(piece) for piece in pieces) == b"helloabc"
+
+
+def test_soak_table_is_rendered_from_its_data_and_lost_nothing() -> None:
+    data = json.loads(soak.DATA_FILE.read_text())
+    assert soak.TABLE_FILE.read_text() == soak.render(data), "run `make soak`"
+    assert {row["path"].split()[0] for row in data["rows"]} == {"nginx", "Caddy"}
+    assert data["minutes"] >= 10
+    for row in data["rows"]:
+        assert row["failed_streams"] == row["lost_or_repeated"] == 0, row
