@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -17,17 +16,6 @@ from harness.mock_dorkos import MockDorkOS, MockSettings
 from harness.sse_client import Frame, Target, open_stream
 
 SESSION = "/api/sessions/3f2b0c9e-0000-4000-8000-000000000001/events"
-
-
-@pytest.fixture
-def mock() -> Iterator[MockDorkOS]:
-    with MockDorkOS(MockSettings(port=0, heartbeat_interval=None, snapshot_bytes=2048)) as server:
-        yield server
-
-
-@pytest.fixture
-def target(mock: MockDorkOS) -> Target:
-    return Target(mock.base_url, "dorkos.example.com")
 
 
 def raw_request(mock: MockDorkOS, request: bytes, read_for: float = 0.5) -> bytes:

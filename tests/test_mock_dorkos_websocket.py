@@ -10,27 +10,14 @@ from __future__ import annotations
 import json
 import socket
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
-from harness.mock_dorkos import MockDorkOS, MockSettings
+from harness.mock_dorkos import MockDorkOS
 from harness.sse_client import Target, open_stream
 from harness.ws_client import HandshakeRefused, open_socket
 
 WAIT = 5.0
-PAGE_ORIGIN = "http://dorkos.example.com"
-
-
-@pytest.fixture
-def mock() -> Iterator[MockDorkOS]:
-    with MockDorkOS(MockSettings(port=0, heartbeat_interval=None, snapshot_bytes=2048)) as server:
-        yield server
-
-
-@pytest.fixture
-def target(mock: MockDorkOS) -> Target:
-    return Target(mock.base_url, "dorkos.example.com")
 
 
 def session_path(session: str | None = None) -> str:
