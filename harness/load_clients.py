@@ -15,7 +15,14 @@ import time
 from typing import Literal, Protocol
 
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Event, RejectConnection, Request, TextMessage
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Event,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
 
 from harness.mock_streams import SOCKET_HEARTBEAT
 from harness.sse_client import Dechunker, Frame, parse_frame
@@ -102,6 +109,7 @@ class SocketLoadStream:
         self.connection = WSConnection(ConnectionType.CLIENT)
         self.pending: list[Event] = []  # read, not yet looked at
         self.parts: list[str] = []
+        self.ended = False  # the peer closed the connection
 
     async def open(self, host: str, port: int, context: ssl.SSLContext | None, path: str) -> None:
         self.reader, self.writer = await _connect(host, port, context)
@@ -115,16 +123,22 @@ class SocketLoadStream:
 
     async def _next_event(self) -> Event:
         while not self.pending:
+            # At end of file, read() returns at once without yielding to the
+            # loop, so reading again would spin for ever, out of reach of
+            # any timeout: a closed socket must end the stream here.
+            if self.ended:
+                raise StreamFailed("the socket closed")
             data = await self.reader.read(65536)
+            self.ended = not data
             self.connection.receive_data(data or None)
             self.pending.extend(self.connection.events())
-            if not data and not self.pending:
-                raise StreamFailed("the socket closed")
         return self.pending.pop(0)
 
     async def next_frame(self) -> Frame:
         while True:
             event = await self._next_event()
+            if isinstance(event, CloseConnection):
+                raise StreamFailed(f"the socket closed with code {event.code}")
             if not isinstance(event, TextMessage):
                 continue
             self.parts.append(event.data)  # a large frame can come in pieces

@@ -198,4 +198,5 @@ def test_ctrl_c_leaves_no_container_behind(tmp_path: Path) -> None:
     finally:
         if run.poll() is None:
             run.kill()
+            run.communicate()
         client.close()
