@@ -84,7 +84,7 @@ def sweep_leftovers(client: docker.DockerClient) -> list[str]:
     # that another run removed in between.
     for listed in client.api.containers(all=True, filters={"label": LABEL}):
         labels = listed.get("Labels") or {}
-        if labels.get(LABEL) == RUN_ID or _alive(labels.get(PID_LABEL)):
+        if labels.get(LABEL) == RUN_ID or process_alive(labels.get(PID_LABEL)):
             continue
         with contextlib.suppress(docker.errors.NotFound):
             client.api.remove_container(listed["Id"], force=True)
@@ -102,7 +102,7 @@ def remove_this_runs_containers(client: docker.DockerClient) -> list[str]:
     return removed
 
 
-def _alive(pid: str | None) -> bool:
+def process_alive(pid: str | None) -> bool:
     if pid is None or not pid.isdigit():
         return False
     try:

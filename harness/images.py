@@ -13,6 +13,7 @@ from a registry instead, for contributors whose Docker can pull them.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ import sys
 import sysconfig
 import tarfile
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +35,8 @@ import certifi
 import docker
 import docker.errors
 import docker.types
+
+from harness.containers import process_alive
 
 IMAGE_SOURCE_VARIABLE = "DORKOS_DOCS_IMAGES"
 REPOSITORY = "dorkos-docs"
@@ -110,15 +114,67 @@ class ProxyImage:
         return tag
 
 
+class _DebianBases:
+    """One minimal root filesystem per Debian suite, shared by the images built from it.
+
+    Four images start from the same bookworm system; debootstrapping it once
+    and copying it saves three installs of the same packages, which is most
+    of the time a cold run spends building images. Bases live only as long
+    as the process that built them.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._roots: dict[str, Path] = {}
+        self._work: tempfile.TemporaryDirectory[str] | None = None
+
+    def root(self, suite: str) -> Path:
+        with self._guard:
+            lock = self._locks.setdefault(suite, threading.Lock())
+            if self._work is None:
+                # A build killed outright leaves its bases; they go once it is gone.
+                for stale in build_dir().glob("debian-bases-*"):
+                    if not process_alive(stale.name.split("-")[2]):
+                        shutil.rmtree(stale, ignore_errors=True)
+                self._work = tempfile.TemporaryDirectory(
+                    prefix=f"debian-bases-{os.getpid()}-", dir=build_dir()
+                )
+                atexit.register(self._work.cleanup)
+            work = Path(self._work.name)
+        with lock:  # the first image of a suite builds its base; the others wait for it
+            if suite not in self._roots:
+                started = time.time()
+                root = work / suite
+                try:
+                    _run_logged(
+                        ["debootstrap", "--variant=minbase", suite, str(root)],
+                        what=f"debian-{suite}: debootstrap",
+                    )
+                    # The package lists too, once, for every image to install from.
+                    _run_logged(
+                        ["chroot", str(root), "apt-get", "update", "-q"],
+                        what=f"debian-{suite}: apt-get update",
+                    )
+                except ImageUnavailable:
+                    shutil.rmtree(root, ignore_errors=True)
+                    raise
+                _note_setup_time(f"Debian {suite} base", started)
+                self._roots[suite] = root
+            return self._roots[suite]
+
+
+_BASES = _DebianBases()
+
+
 @dataclass(frozen=True)
 class DebianImage(ProxyImage):
     """A minimal Debian root filesystem with the proxy from Debian's archive."""
 
     suite: str = "bookworm"
+    # Installed with apt into a copy of the suite's minimal base, without
+    # recommends, as debootstrap's --include would.
     packages: tuple[str, ...] = ()
-    # Installed with apt inside the new root: debootstrap cannot order the
-    # configuration of Python packages it is asked to include.
-    apt_packages: tuple[str, ...] = ()
     # Shell run inside the new root before it becomes an image.
     finish: str = ""
     changes: tuple[str, ...] = ()
@@ -132,14 +188,13 @@ class DebianImage(ProxyImage):
 
     @property
     def source(self) -> str:
-        names = ", ".join(f"`{p}`" for p in (*self.packages, *self.apt_packages))
+        names = ", ".join(f"`{p}`" for p in self.packages)
         return f"Debian {self.suite} {'packages' if ',' in names else 'package'} {names}"
 
     def recipe(self) -> dict[str, object]:
-        # apt_packages only when set, so images without it keep their tags.
-        extra = {"apt_packages": self.apt_packages} if self.apt_packages else {}
         return {
-            **extra,
+            "base": "debootstrap --variant=minbase; apt-get update",
+            "install": "apt-get install --no-install-recommends",
             "suite": self.suite,
             "packages": self.packages,
             "finish": self.finish,
@@ -153,25 +208,23 @@ class DebianImage(ProxyImage):
                 f"'apt-get install debootstrap' (make test does it as root on Debian), "
                 f"or set {IMAGE_SOURCE_VARIABLE}=official to pull official images."
             )
+        base = _BASES.root(self.suite)
         with tempfile.TemporaryDirectory(prefix=f"{self.key}-", dir=build_dir()) as work:
             root = Path(work) / "root"
-            command = [
-                "debootstrap",
-                "--variant=minbase",
-                f"--include={','.join(self.packages)}",
-                self.suite,
-                str(root),
-            ]
-            _run_logged(command, what=f"{self.key}: debootstrap {self.suite}")
-            if self.apt_packages:
-                install = (
-                    "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install "
-                    f"-y -q --no-install-recommends {' '.join(self.apt_packages)}"
-                )
-                _run_logged(
-                    ["chroot", str(root), "/bin/sh", "-euc", install],
-                    what=f"{self.key}: apt-get install",
-                )
+            _run_logged(["cp", "-a", str(base), str(root)], what=f"{self.key}: copy base")
+            # policy-rc.d keeps the packages' scripts from starting services
+            # on this machine; the chroot shares its network.
+            install = (
+                "printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && "
+                "chmod +x /usr/sbin/policy-rc.d && "
+                "DEBIAN_FRONTEND=noninteractive apt-get install "
+                f"-y -q --no-install-recommends {' '.join(self.packages)} && "
+                "rm /usr/sbin/policy-rc.d"
+            )
+            _run_logged(
+                ["chroot", str(root), "/bin/sh", "-euc", install],
+                what=f"{self.key}: apt-get install",
+            )
             if self.finish:
                 _run_logged(
                     ["chroot", str(root), "/bin/sh", "-euc", self.finish],
@@ -310,8 +363,7 @@ CERTBOT_NGINX_IMAGE = DebianImage(
     "nginx",
     "nginx 1.22 with certbot 2.1 (Debian 12 packages)",
     suite="bookworm",
-    packages=("nginx-light",),
-    apt_packages=("certbot", "python3-certbot-nginx"),
+    packages=("nginx-light", "certbot", "python3-certbot-nginx"),
     finish=_NGINX_FINISH,
     changes=_NGINX_CHANGES,
 )
