@@ -46,16 +46,23 @@ def proxy_lab(
     update = request.config.getoption("--write-tested-with")
     with open_proxy_lab(tmp_path_factory.mktemp("proxy-lab"), update_generated=update) as lab:
         OPEN_LABS.append(lab)
-        # Start every run the collected tests will wait for, so that their
-        # minutes of silence overlap instead of adding up.
-        items = request.session.items
-        for item in items:
-            if isinstance(item, SybilItem):
-                flows.start_runs(lab, item.example.parsed)
-        if any("necessity_measured" in getattr(item, "fixturenames", ()) for item in items):
-            necessity.start(lab)
+        try:
+            # Start every run the collected tests will wait for, so that their
+            # minutes of silence overlap instead of adding up.
+            items = request.session.items
+            for item in items:
+                if isinstance(item, SybilItem):
+                    flows.start_runs(lab, item.example.parsed)
+            if any("necessity_measured" in getattr(item, "fixturenames", ()) for item in items):
+                necessity.start(lab)
+        except KeyboardInterrupt:
+            # Ctrl-C while runs are starting comes before pytest's hook, and
+            # leaving the lab would wait out every run already started.
+            pytest_keyboard_interrupt()
+            raise
         yield lab
-        OPEN_LABS.remove(lab)
+        if lab in OPEN_LABS:  # not when Ctrl-C stopped it
+            OPEN_LABS.remove(lab)
         if update:
             tested_with.write(lab.outcomes)
     LAB_TIMINGS.extend(lab.timings)
@@ -67,8 +74,8 @@ def pytest_keyboard_interrupt() -> None:
     Otherwise tearing down waits for every run under way, a minute of
     silence included, and a second Ctrl-C would leave containers behind.
     """
-    for lab in OPEN_LABS:
-        removed = lab.interrupt()
+    while OPEN_LABS:
+        removed = OPEN_LABS.pop().interrupt()
         print(f"\ninterrupted: removed {len(removed)} containers of this run", flush=True)
 
 

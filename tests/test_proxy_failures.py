@@ -158,12 +158,24 @@ def test_an_image_build_that_fails_leaves_nothing_half_built(lab: ProxyLab) -> N
         assert leftovers == [], f"attempt {attempt} left {leftovers}"
 
 
+# A run started from a terminal finds SIGINT at its default; one started in
+# the background (nohup, some CI runners) inherits it ignored, and Python
+# then never raises KeyboardInterrupt. The run under test starts as from a
+# terminal, with the same process id, so its containers' label still names it.
+AS_FROM_A_TERMINAL = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
 @pytest.mark.slow
 def test_ctrl_c_leaves_no_container_behind(tmp_path: Path) -> None:
     """Ctrl-C in the middle of a run: its proxies go at once, and nothing is left."""
     run = subprocess.Popen(
         [
             sys.executable,
+            "-c",
+            AS_FROM_A_TERMINAL,
             "-m",
             "pytest",
             "-p",
