@@ -384,6 +384,11 @@ class MockDorkOS:
         future = asyncio.run_coroutine_threadsafe(self._publish(resource_id, event, payload), loop)
         return future.result(timeout=5)
 
+    def events_sent(self, resource_id: str) -> int:
+        """How many live events a session (or room) has had so far."""
+        log = self._logs.get(resource_id)
+        return len(log.events) if log is not None else 0
+
     def delivered(self, resource_id: str) -> None:
         """A paced client has every frame sent to it so far: send the next."""
         loop = self._loop

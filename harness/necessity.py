@@ -200,6 +200,14 @@ def verdicts(results: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
     }
 
 
+def reasons(results: dict[str, Any]) -> dict[str, dict[str, dict[str, str]]]:
+    """{image: {variant: {failing measure: the first line of why}}}."""
+    return {
+        run["image"]: {v["variant"]: dict(v["fails"]) for v in run["variants"]}
+        for run in results["runs"]
+    }
+
+
 # -- rendering --------------------------------------------------------------
 
 # What each line does, by the start of its text (proxy documentation, not a

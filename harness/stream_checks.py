@@ -27,7 +27,7 @@ import httpx
 
 from harness import margins
 from harness.endpoints import Endpoint, violation
-from harness.mock_dorkos import MockDorkOS
+from harness.mock_dorkos import MockDorkOS, RequestRecord
 from harness.sse_client import Frame, open_stream
 from harness.ws_client import HandshakeRefused, HandshakeUnanswered, SocketClosed, open_socket
 
@@ -46,8 +46,8 @@ HELD_BACK_AFTER_S = 5.0
 REALTIME_EVENTS = 8
 # nginx's default proxy_read_timeout is 60 s; a stream or a response must
 # outlast it by a margin to show the config changed it. The silence is timed
-# by the mock from its own last write, which nginx's timer counts from too,
-# so the 5 s margin is the timer's lateness allowed, not the scheduler's.
+# by the mock from its own last write, which nginx's timer counts from too;
+# a late mock timer only makes the silence longer.
 SILENCE_S = 65.0
 # When a client goes away, DorkOS frees the subscription at once (older
 # versions also released the session's write lock); the proxy must pass the
@@ -55,6 +55,10 @@ SILENCE_S = 65.0
 # on an idle stream without heartbeats never comes; a healthy one took
 # milliseconds under load. The bound is far from both.
 DISCONNECT_BOUND_S = 20.0
+# How long after its due time the mock's timed event may come before the
+# test process itself counts as stalled (its timers were late by a second
+# at most on a busy two-core machine).
+MOCK_SENDS_WITHIN_S = SILENCE_S + 60.0
 
 
 class StreamEnded(Exception):
@@ -195,7 +199,14 @@ def idle_stream_survives(
     *,
     heartbeat_interval: float | None,
 ) -> str:
-    """A stream quiet for SILENCE_S stays open and delivers the event after it."""
+    """A stream quiet for SILENCE_S stays open and delivers the event after it.
+
+    Decided by what happens, not by the clock: the client waits until either
+    the mock has sent its event after the silence or the proxy has closed its
+    connection to the mock, whichever comes first. Only the event's way
+    through the proxy is then bounded, as in the real-time check, so a late
+    timer in a busy test process cannot fail a healthy proxy.
+    """
     # The mock sends one event SILENCE_S after its snapshot, timed from its
     # own write: the moment a proxy's read timeout starts counting from.
     session = new_session(
@@ -204,6 +215,7 @@ def idle_stream_survives(
         events_per_stream=1,
         event_interval=SILENCE_S,
     )
+    path = stream_path(session)
     quiet = (
         "no bytes" if heartbeat_interval is None else f"only {heartbeat_interval:.0f}-s heartbeats"
     )
@@ -211,26 +223,65 @@ def idle_stream_survives(
     opened_at = time.monotonic()
     with (
         _violations(endpoint, condition),
-        opened(
-            endpoint,
-            stream_path(session),
-            transport,
-            timeout=SILENCE_S + HELD_BACK_AFTER_S,
-        ) as take,
+        opened(endpoint, path, transport, timeout=HELD_BACK_AFTER_S) as take,
     ):
-        take(1)  # the snapshot; then nothing but heartbeats until the event
-        try:
-            frames = take(1)
-        except STREAM_STOPPED as error:
-            lasted = time.monotonic() - opened_at
-            raise violation(
-                endpoint,
-                f"{condition} did not survive: it ended {lasted:.1f} s after opening "
-                f"({type(error).__name__}: {error}); it must stay open",
-            ) from error
+        _take_or_violation(endpoint, take, f"{condition}: the snapshot")
+        (record,) = mock.requests_to(path)
+        if not _until_sent_or_closed(mock, session, record):
+            lasted = (record.connection_closed_at or time.monotonic()) - opened_at
+            try:
+                take(1)
+            except (httpx.ReadTimeout, TimeoutError) as error:
+                raise violation(
+                    endpoint,
+                    f"{condition}: the proxy closed its connection to DorkOS {lasted:.1f} s "
+                    f"after opening and left the client's stream open with nothing to come",
+                ) from error
+            except STREAM_STOPPED as error:
+                raise violation(
+                    endpoint,
+                    f"{condition} did not survive: it ended {lasted:.1f} s after opening "
+                    f"({type(error).__name__}: {error}); it must stay open",
+                ) from error
+            raise violation(endpoint, f"{condition}: a frame came after DorkOS's connection closed")
+        frames = _take_or_violation(endpoint, take, f"{condition}: the event after it")
     delay_ms = frames[0].delay_ms or 0.0
     margins.observe("event after the silence", delay_ms / 1000, HELD_BACK_AFTER_S, endpoint.label)
     return f"{condition}: still open; the next event arrived {delay_ms:.1f} ms after it was sent"
+
+
+def _until_sent_or_closed(mock: MockDorkOS, session: str, record: RequestRecord) -> bool:
+    """True once the mock has sent the session an event; False if the proxy hung up first."""
+    deadline = time.monotonic() + MOCK_SENDS_WITHIN_S
+    while not record.closed.wait(timeout=0.1):
+        if mock.events_sent(session):
+            return True
+        if time.monotonic() > deadline:
+            # Not the proxy's doing: the test process itself has stalled.
+            raise RuntimeError(
+                f"the mock had not sent its event {MOCK_SENDS_WITHIN_S:.0f} s after its "
+                f"snapshot to {record.target}, due at {SILENCE_S:.0f} s"
+            )
+    # The proxy may send the event on and then close: the event decides.
+    return mock.events_sent(session) > 0
+
+
+def _take_or_violation(
+    endpoint: Endpoint, take: Callable[[int], list[Frame]], what: str
+) -> list[Frame]:
+    """The next frame, or a violation saying it was held back or the stream ended."""
+    try:
+        return take(1)
+    except (httpx.ReadTimeout, TimeoutError) as error:
+        raise violation(
+            endpoint,
+            f"{what} did not arrive within {HELD_BACK_AFTER_S:.0f} s "
+            f"({type(error).__name__}); the proxy is holding the stream back",
+        ) from error
+    except STREAM_STOPPED as error:
+        raise violation(
+            endpoint, f"{what}: the stream ended first ({type(error).__name__}: {error})"
+        ) from error
 
 
 def disconnect(endpoint: Endpoint, mock: MockDorkOS, transport: Transport) -> str:

@@ -58,8 +58,14 @@ def test_committed_table_matches_what_the_suite_measures(
 ) -> None:
     committed = necessity.verdicts(necessity.load())
     now = necessity.verdicts(necessity_measured)
+    why = necessity.reasons(necessity_measured)
     stale = {
-        f"{image} / {variant}": {"committed": committed.get(image, {}).get(variant), "now": got}
+        f"{image} / {variant}": {
+            "committed": committed.get(image, {}).get(variant),
+            "now": got,
+            # Why each check failed this run: a verdict that flips says how.
+            "why": why[image][variant],
+        }
         for image, variants in now.items()
         for variant, got in variants.items()
         if committed.get(image, {}).get(variant) != got
