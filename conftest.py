@@ -4,7 +4,8 @@ The examples themselves are found and run by harness.snippet_examples; the
 fixtures here are what every example shares for the whole run.
 """
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -55,6 +56,9 @@ def proxy_lab(
                     flows.start_runs(lab, item.example.parsed)
             if any("necessity_measured" in getattr(item, "fixturenames", ()) for item in items):
                 necessity.start(lab)
+            for item in items:
+                for marker in item.iter_markers("measured_by"):
+                    _start_measure(lab, marker.kwargs["measure"])
         except KeyboardInterrupt:
             # Ctrl-C while runs are starting comes before pytest's hook, and
             # leaving the lab would wait out every run already started.
@@ -77,6 +81,21 @@ def pytest_keyboard_interrupt() -> None:
     while OPEN_LABS:
         removed = OPEN_LABS.pop().interrupt()
         print(f"\ninterrupted: removed {len(removed)} containers of this run", flush=True)
+
+
+def _start_measure(lab: ProxyLab, measure: Callable[[ProxyLab], Any]) -> Any:
+    return lab.in_background(measure, functools.partial(measure, lab))
+
+
+@pytest.fixture
+def measured(proxy_lab: ProxyLab, request: pytest.FixtureRequest) -> Any:
+    """What the test's `measured_by` measure found: its proxy runs start with
+    every other run when the lab opens, instead of after them, one test at a
+    time."""
+    marker = request.node.get_closest_marker("measured_by")
+    if marker is None:
+        raise pytest.UsageError(f"{request.node.nodeid} uses `measured` without measured_by")
+    return _start_measure(proxy_lab, marker.kwargs["measure"]).result()
 
 
 @pytest.fixture(scope="session")
