@@ -36,14 +36,32 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyLab]:
         yield shared
 
 
-def leftover_containers(lab: ProxyLab) -> list[str]:
-    """This run's containers: another suite may share the engine meanwhile.
+@pytest.fixture
+def created_by_lab(lab: ProxyLab, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the containers this module's lab creates during the test.
 
-    The low-level list carries names and labels; the high-level one inspects
-    each container afterwards, and fails on one another run just removed.
+    Not this run's label: the shared lab's runs, started in the background
+    when it opened, create and remove containers with that label meanwhile.
+    This lab has an engine connection of its own, so what goes through it is
+    this test's.
     """
+    created: list[str] = []
+    create = lab.client.api.create_container
+
+    def recording(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        response: dict[str, Any] = create(*args, **kwargs)
+        created.append(response["Id"])
+        return response
+
+    monkeypatch.setattr(lab.client.api, "create_container", recording)
+    return created
+
+
+def still_there(lab: ProxyLab, created: list[str]) -> list[str]:
+    """Which of `created` the engine still has, by name."""
+    assert created, "the test created no container, so it shows nothing about removing one"
     listed = lab.client.api.containers(all=True, filters={"label": f"{LABEL}={RUN_ID}"})
-    return [str(c["Names"][0]).lstrip("/") for c in listed]
+    return [str(c["Names"][0]).lstrip("/") for c in listed if c["Id"] in created]
 
 
 @pytest.mark.parametrize(
@@ -63,28 +81,33 @@ def leftover_containers(lab: ProxyLab) -> list[str]:
     ],
 )
 def test_rejected_config_names_file_and_line(
-    lab: ProxyLab, tmp_path: Path, proxy: str, text: str, complaint: str
+    lab: ProxyLab,
+    created_by_lab: list[str],
+    tmp_path: Path,
+    proxy: str,
+    text: str,
+    complaint: str,
 ) -> None:
     snippet = tmp_path / ("broken.conf" if proxy == "nginx" else "Caddyfile")
     snippet.write_text(text)
     image = lab.images_for(proxy)[0]
-    before = leftover_containers(lab)  # other runs may share the engine
     with pytest.raises(ConfigRejected) as rejected, lab.run(image, snippet):
         pass
     message = str(rejected.value)
     assert message.startswith(f"{snippet}: {image.description} rejects this config")
     assert complaint.format(path=snippet) in message
-    assert set(leftover_containers(lab)) <= set(before)
+    assert still_there(lab, created_by_lab) == []
 
 
-def test_container_is_removed_when_a_test_fails_inside(lab: ProxyLab) -> None:
+def test_container_is_removed_when_a_test_fails_inside(
+    lab: ProxyLab, created_by_lab: list[str]
+) -> None:
     image = lab.images_for("nginx")[0]
     snippet = Path(__file__).parent.parent / "snippets/nginx/dorkos.conf"
-    before = leftover_containers(lab)
     with pytest.raises(RuntimeError, match="a failing test"), lab.run(image, snippet) as proxy:
-        assert proxy.container.name in leftover_containers(lab)
+        assert proxy.container.name in still_there(lab, created_by_lab)
         raise RuntimeError("a failing test")
-    assert set(leftover_containers(lab)) <= set(before)
+    assert still_there(lab, created_by_lab) == []
 
 
 @dataclass
