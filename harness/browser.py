@@ -49,7 +49,7 @@ _AT_ONCE = threading.BoundedSemaphore(2)
 EVENTS = 3
 # How long the page waits for each stream: generous, as every wait here
 # (a browser starting on a busy machine takes seconds).
-STREAM_WAIT_S = 4 * HELD_BACK_AFTER_S
+STREAM_WAIT_S = 2 * HELD_BACK_AFTER_S
 LAUNCH_WAIT_S = 120.0
 # The flags Debian's Chromium needs to run headless as root, with nothing of
 # its own reaching out.
