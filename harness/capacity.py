@@ -36,9 +36,12 @@ STREAMS = 500
 # Streams open over this long, as tabs reconnecting would, not in one burst.
 RAMP_S = 2.0
 # A proxy that can hold them all had them open in a few seconds, and each
-# event delivered in well under one.
+# event delivered in well under one, on a quiet machine; on a busy two-core
+# one, where this process also runs the mock and every other check, the
+# slowest took 12.3 s to open and 6.2 s to get its event. A proxy that
+# cannot hold them refuses or drops streams, which is seen at once.
 ALL_OPEN_WITHIN_S = 120.0
-EVENT_WITHIN_S = 30.0
+EVENT_WITHIN_S = 90.0
 _ONE_AT_A_TIME = threading.Lock()
 
 

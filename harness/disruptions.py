@@ -40,9 +40,11 @@ DOWN_S = 3.0
 # While it is down, the proxy must answer (an error, but an answer): a
 # healthy proxy refuses at once, in milliseconds; a hanging one never does.
 ANSWER_WITHIN_S = 10.0
-# Once it is back, the proxy must forward again: a healthy proxy does with
-# its next request; nginx's default marks a failed upstream down for 10 s
-# (fail_timeout), from its last failure, just before DorkOS came back.
+# Once it is back, the proxy must forward its very next request: a healthy
+# proxy tries DorkOS for each request, so that one gets DorkOS's 200 however
+# busy the machine is. nginx's default instead marks a failed upstream down
+# for 10 s (fail_timeout) from its last failure, just before DorkOS came
+# back; how long the 502s went on is then followed for this long, to say so.
 RECOVER_WITHIN_S = 5.0
 # How often the browser-like client asks while DorkOS is down or coming
 # back: the app's own retries are of this order.
@@ -73,8 +75,8 @@ def check_dorkos_restart(endpoint: Endpoint, mock: MockDorkOS, dorkos: Listening
     """DorkOS stops with streams open, and is back DOWN_S later with a new epoch.
 
     Open streams end (so the app reconnects); while DorkOS is down the proxy
-    answers, and at once; once it is back, the proxy forwards again within
-    RECOVER_WITHIN_S; and a client that reconnects as the app does, from a
+    answers, and at once; once it is back, the proxy forwards the very next
+    request to it; and a client that reconnects as the app does, from a
     cursor of the old epoch, gets a fresh snapshot, as DorkOS promises then.
     """
     session = new_session(mock, heartbeat_interval=None)
@@ -111,18 +113,10 @@ def check_dorkos_restart(endpoint: Endpoint, mock: MockDorkOS, dorkos: Listening
             f"bound {ANSWER_WITHIN_S:.0f} s",
         )
     margins.observe("answer while DorkOS is down", slowest, ANSWER_WITHIN_S, endpoint.label)
-    while (status := _health(endpoint)[0]) != 200:
-        if time.monotonic() - up_at > RECOVER_WITHIN_S:
-            raise violation(
-                endpoint,
-                f"DorkOS was back, and {RECOVER_WITHIN_S:.0f} s later the proxy still "
-                f"answered {status}, not DorkOS's 200; bound {RECOVER_WITHIN_S:.0f} s",
-            )
-        time.sleep(ASK_EVERY_S)  # as above: a client asking again
-    recovered = time.monotonic() - up_at
-    margins.observe(
-        "forwarding again after DorkOS is back", recovered, RECOVER_WITHIN_S, endpoint.label
-    )
+    first, took = _health(endpoint)
+    if first != 200:
+        raise violation(endpoint, _still_down(endpoint, first, up_at))
+    margins.observe("first answer after DorkOS is back", took, ANSWER_WITHIN_S, endpoint.label)
     resumed = {t: _reconnect(endpoint, path, cursor, t) for t in TRANSPORTS}
     wrong = {t: first for t, first in resumed.items() if first != "snapshot"}
     if wrong:
@@ -134,8 +128,26 @@ def check_dorkos_restart(endpoint: Endpoint, mock: MockDorkOS, dorkos: Listening
     shown = ", ".join(str(s) for s in sorted(statuses))
     return (
         f"streams ended ({endings['sse']} over SSE, {endings['websocket']} over a socket); "
-        f"while down: {shown} within {slowest * 1000:.0f} ms; forwarding again "
-        f"{recovered * 1000:.0f} ms after DorkOS was back; reconnects got a fresh snapshot"
+        f"while down: {shown} within {slowest * 1000:.0f} ms; the first request after "
+        f"DorkOS was back got its 200 in {took * 1000:.0f} ms; reconnects got a fresh snapshot"
+    )
+
+
+def _still_down(endpoint: Endpoint, first: int, up_at: float) -> str:
+    """Why the first request after DorkOS came back failed, and for how long after."""
+    shown = "no answer" if first == 0 else str(first)
+    status = first
+    while time.monotonic() - up_at <= RECOVER_WITHIN_S:
+        time.sleep(ASK_EVERY_S)  # as above: a client asking again
+        status = _health(endpoint)[0]
+        if status == 200:
+            return (
+                f"DorkOS was back, and the proxy answered the next request {shown}, not "
+                f"DorkOS's 200; it forwarded again {time.monotonic() - up_at:.1f} s later"
+            )
+    return (
+        f"DorkOS was back, and the proxy answered the next request {shown}, not DorkOS's "
+        f"200; {RECOVER_WITHIN_S:.0f} s later the proxy still answered {status}"
     )
 
 
