@@ -55,7 +55,7 @@ from harness.tls import SERVER_NAME
 LARGE_JSON_BYTES = 1_000_000
 CLIENT_IP = "127.0.0.1"
 # How long past the mock's SILENCE_S a slow answer may take to reach the
-# client: the mock's timer and the proxy under load (1.5 s at worst on a busy
+# client: the mock's timer and the proxy under load (2.1 s at worst on a busy
 # two-core machine, printed with the other margins). A proxy that gives up
 # first answers 502 or 504 itself, at its own timeout.
 SLOW_ANSWER_GRACE_S = 30.0

@@ -38,7 +38,7 @@ from harness.stream_checks import (
 # DorkOS is down this long, as for an upgrade's restart.
 DOWN_S = 3.0
 # While it is down, the proxy must answer (an error, but an answer): a
-# healthy proxy refuses at once, in milliseconds (1.2 s at worst on a busy
+# healthy proxy refuses at once, in milliseconds (1.5 s at worst on a busy
 # two-core machine, a TLS handshake included); a hanging one never does.
 ANSWER_WITHIN_S = 30.0
 # Once it is back, the proxy must forward its very next request: a healthy

@@ -38,10 +38,10 @@ TRANSPORTS: tuple[Transport, ...] = ("sse", "websocket")
 # on delay that a busy machine can eat: the mock sends each event only after
 # the client has the one before, so a proxy that holds an event back stalls
 # the stream outright. This is how long a stalled stream is waited for: ten
-# times and more the worst delay a healthy proxy showed on a busy two-core
-# machine (1.2 s, while a cold run built images beside 70 proxy runs),
-# against for ever for a proxy that buffers. The delays themselves are
-# reported, and `make bench` measures them on a quiet machine.
+# times the worst delay a healthy proxy showed on a busy two-core machine
+# (1.5 s in fourteen runs, one building images, three with a core kept
+# busy), against for ever for a proxy that buffers. The delays themselves
+# are reported, and `make bench` measures them on a quiet machine.
 HELD_BACK_AFTER_S = 15.0
 REALTIME_EVENTS = 8
 # nginx's default proxy_read_timeout is 60 s; a stream or a response must
@@ -53,7 +53,7 @@ SILENCE_S = 65.0
 # versions also released the session's write lock); the proxy must pass the
 # close on. A proxy that doesn't passes it on at DorkOS's next write, which
 # on an idle stream without heartbeats never comes; a healthy one takes
-# milliseconds, and 2.5 s at worst on a busy two-core machine. The bound is
+# milliseconds, and 2.9 s at worst on a busy two-core machine. The bound is
 # far from both.
 DISCONNECT_BOUND_S = 30.0
 # How long after its due time the mock's timed event may come before the
