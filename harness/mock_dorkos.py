@@ -103,6 +103,9 @@ class MockSettings:
     max_global_readers: int = 500
     # DORKOS_CORS_ORIGIN: when set, the only origins a socket may come from.
     cors_origins: tuple[str, ...] = ()
+    # DORKOS_AUTH_SIGNIN_RATE_LIMIT: sign-in attempts per client address in
+    # 15 minutes (the mock never forgets within its lifetime).
+    sign_in_limit: int = 10
 
 
 @dataclass
@@ -210,6 +213,7 @@ class MockDorkOS:
         self._logs: dict[str, ResourceLog] = {}
         self._rooms: set[str] = set()
         self._global_readers = 0
+        self._sign_in_attempts: dict[str, int] = {}
         self._overrides: dict[str, dict[str, Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -489,7 +493,12 @@ class MockDorkOS:
             status, payload = rejection
             return await self._send_json(record, writer, status, payload)
 
+        if record.method == "POST" and record.path == SIGN_IN_PATH:
+            return await self._sign_in(record, writer)
         route = _stream_route(record.path)
+        if record.method == "GET" and record.path in DEPRECATED_STREAMS:
+            await self._deprecated_stream(record, reader, writer, DEPRECATED_STREAMS[record.path])
+            return False
         if record.method == "GET" and record.path == "/api/health":
             health = {"status": "ok", "version": "mock", "uptime": 1}
             return await self._send_json(record, writer, 200, health, keep_alive_hint=True)
@@ -503,9 +512,63 @@ class MockDorkOS:
             and parts[3:] == ["messages"]
         ):
             return await self._accept_message(record, writer, body)
-        if record.method == "GET" and not record.path.startswith("/api/"):
-            return await self._send(record, writer, 200, "text/html; charset=UTF-8", INDEX_HTML)
-        return await self._send_json(record, writer, 404, {"error": "Not found"})
+        if record.method == "GET" and not _under_api(record.path):
+            # express.static, then the single-page app's index.html fallback.
+            content_type, content = APP_FILES.get(record.path, APP_FILES["/index.html"])
+            return await self._send(record, writer, 200, content_type, content)
+        return await self._send_json(
+            record, writer, 404, {"error": "Not found", "code": "API_NOT_FOUND"}
+        )
+
+    async def _sign_in(self, record: RequestRecord, writer: asyncio.StreamWriter) -> bool:
+        """Better Auth's password sign-in, behind DorkOS's limit per client address.
+
+        With `trust proxy` at 1, Express takes the client's address from the
+        last X-Forwarded-For entry (the one the proxy in front added), or
+        from the connection when there is none.
+        """
+        forwarded = record.header("X-Forwarded-For")
+        address = forwarded.split(",")[-1].strip() if forwarded else record.peer
+        attempts = self._sign_in_attempts.get(address, 0) + 1
+        self._sign_in_attempts[address] = attempts
+        if attempts > self.settings.sign_in_limit:
+            return await self._send_json(
+                record,
+                writer,
+                429,
+                {
+                    "error": "Too many sign-in attempts. Try again in a few minutes.",
+                    "code": "RATE_LIMITED",
+                },
+            )
+        return await self._send_json(
+            record,
+            writer,
+            401,
+            {"code": "INVALID_EMAIL_OR_PASSWORD", "message": "Invalid email or password"},
+        )
+
+    async def _deprecated_stream(
+        self,
+        record: RequestRecord,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        opening: bytes,
+    ) -> None:
+        """An older SSE route: no X-Accel-Buffering, one opening frame, no heartbeat."""
+        record.transport = "sse"
+        headers = [
+            ("Content-Type", "text/event-stream"),
+            ("Cache-Control", "no-cache"),
+            ("Connection", "keep-alive"),
+        ]
+        chunked = record.version == "HTTP/1.1"
+        if chunked:
+            headers.append(("Transfer-Encoding", "chunked"))
+        writer.write(self._head(record, 200, headers))
+        writer.write(b"%x\r\n%s\r\n" % (len(opening), opening) if chunked else opening)
+        await writer.drain()
+        await self._run_stream(self.settings, _watch_for_close(reader), _forever())
 
     async def _accept_message(
         self, record: RequestRecord, writer: asyncio.StreamWriter, body: bytes
@@ -521,7 +584,9 @@ class MockDorkOS:
     def _guard(self, record: RequestRecord) -> tuple[int, dict[str, str]] | None:
         settings = self.settings
         host = record.header("Host") or ""
-        if settings.host_guard and not self._host_allowed(host):
+        # The host guard covers the API only; the app's page and assets are
+        # served whatever the Host.
+        if settings.host_guard and _under_api(record.path) and not self._host_allowed(host):
             name = _host_name(host)
             return 403, {"code": "HOST_NOT_ALLOWED", "error": f"Host {name!r} is not allowed"}
         origin = record.header("Origin")
@@ -835,9 +900,11 @@ REASONS = {
     200: "OK",
     202: "Accepted",
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     413: "Payload Too Large",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
@@ -881,10 +948,38 @@ async def _watch_for_close(reader: asyncio.StreamReader) -> None:
         await reader.read(1)
 
 
-INDEX_HTML = b"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>DorkOS</title></head>
+def _under_api(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
+
+
+SIGN_IN_PATH = "/api/auth/sign-in/email"
+# The two deprecated SSE routes and the frame each opens with.
+DEPRECATED_STREAMS = {
+    "/api/tunnel/stream": b'event: tunnel_status\ndata: {"connected":false}\n\n',
+    "/api/extensions/events": b":ok\n\n",
+}
+# As DorkOS's built app: its page loads its script and stylesheet with
+# `crossorigin`, so Chromium sends Origin on those same-origin requests, and
+# DorkOS's origin check answers them 500 when a proxy leaves out
+# X-Forwarded-Proto or the port: the page stays blank. The script marks the
+# page as started, which the browser check reads.
+APP_SCRIPT = "/assets/index-mock.js"
+APP_STYLESHEET = "/assets/index-mock.css"
+INDEX_HTML = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>DorkOS</title>
+<script type="module" crossorigin src="{APP_SCRIPT}"></script>
+<link rel="stylesheet" crossorigin href="{APP_STYLESHEET}">
+</head>
 <body><div id="root">DorkOS</div></body></html>
-"""
+""".encode()
+APP_FILES = {
+    "/index.html": ("text/html; charset=UTF-8", INDEX_HTML),
+    APP_SCRIPT: (
+        "text/javascript; charset=UTF-8",
+        b'window.dorkosApp = "started"; document.getElementById("root").dataset.app = "started";\n',
+    ),
+    APP_STYLESHEET: ("text/css; charset=UTF-8", b"#root { min-height: 100vh; }\n"),
+}
 
 
 def main() -> None:

@@ -1,0 +1,616 @@
+"""Black-box checks of a DorkOS-like server: does the mock do what DorkOS does?
+
+Every proof on the site is only as true as the mock behind the proxy. These
+checks talk to an upstream by address alone, as a proxy would, and describe
+what they saw in one short line each (status codes, header names and
+values, frame kinds, close codes, heartbeat times rounded to 5 s): nothing
+that changes from run to run. Run against the mock and against a real
+DorkOS, the two descriptions of each behaviour must be equal, or the
+difference must be explained in DIFFERENCES.
+
+`make conformance` (harness.real_dorkos) runs them against a real DorkOS and
+the mock side by side and writes data/conformance.json and the table in
+generated/; `make test` runs them against the mock and fails where it no
+longer answers as DorkOS did (tests/test_conformance.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import html.parser
+import json
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from wsproto.utilities import RemoteProtocolError
+
+from harness.proxies import REPO_ROOT
+from harness.sse_client import Frame, Target, open_stream
+from harness.ws_client import (
+    HEARTBEAT_EVENT,
+    HandshakeRefused,
+    HandshakeUnanswered,
+    SocketClosed,
+    open_socket,
+)
+
+DATA_FILE = REPO_ROOT / "data" / "conformance.json"
+TABLE_FILE = REPO_ROOT / "generated" / "conformance.md"
+
+# The reader's name for the server, which both DorkOS and the mock are
+# started to trust (DORKOS_TRUSTED_HOSTS), and the browser's origin for it.
+TRUSTED = "dorkos.example.com"
+PAGE_ORIGIN = f"https://{TRUSTED}"
+UNTRUSTED = "evil.example.com"
+# Long enough for two 15 s heartbeats, and short of a third.
+HEARTBEAT_WATCH_S = 37.0
+# How long a check waits for a frame or an answer that should come at once.
+ANSWER_S = 10.0
+# DorkOS's sign-in limit: this many attempts per client address per 15 min.
+SIGNIN_LIMIT = 10
+# Addresses from the documentation ranges (RFC 5737), as a proxy would put
+# them in X-Forwarded-For; nothing is ever sent to them.
+VISITOR_A, VISITOR_B = "198.51.100.7", "203.0.113.9"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A DorkOS-like server listening on loopback, as the checks reach it."""
+
+    label: str  # "the mock", "DorkOS 0.62.0"
+    host: str  # "127.0.0.1" or "::1"
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{shown}:{self.port}"
+
+    def target(self) -> Target:
+        return Target(self.base_url, TRUSTED)
+
+    def client(self, timeout: float = ANSWER_S) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def raw(self, request: bytes, *, until: bytes = b"\r\n\r\n", wait: float = ANSWER_S) -> bytes:
+        """Send bytes; what came back up to and including `until` (or the close)."""
+        with socket.create_connection((self.host, self.port), timeout=wait) as sock:
+            sock.sendall(request)
+            received = b""
+            deadline = time.monotonic() + wait
+            while until not in received and time.monotonic() < deadline:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    break
+                if not chunk:
+                    break
+                received += chunk
+            return received
+
+
+Observe = Callable[[Upstream], str]
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    name: str
+    question: str  # what the table's first column says
+    observe: Observe
+    slow: bool = False
+
+
+# -- helpers ---------------------------------------------------------------
+
+SESSION = "/api/sessions/{id}/events"
+ROUTES = {
+    "global": "/api/events",
+    "session": "/api/sessions/{id}/events",
+    "tunnel (deprecated)": "/api/tunnel/stream",
+    "extensions (deprecated)": "/api/extensions/events",
+}
+# Headers whose values change from response to response.
+_VARYING = {"date", "etag", "last-modified", "content-length", "keep-alive"}
+
+
+def _path(route: str) -> str:
+    return ROUTES[route].format(id=uuid.uuid4())
+
+
+def _head(raw: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines)]
+    return status, headers, rest
+
+
+def _shown_headers(headers: list[tuple[str, str]]) -> str:
+    return ", ".join(
+        f"{k}: {v}" if k.lower() not in _VARYING else k
+        for k, v in headers
+        if k.lower() not in ("date", "keep-alive")
+    )
+
+
+def _get(path: str, headers: dict[str, str], version: str = "HTTP/1.1") -> bytes:
+    lines = [f"GET {path} {version}", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _answer(response: httpx.Response) -> str:
+    """`403 HOST_NOT_ALLOWED`: the status, and DorkOS's error code when there is one."""
+    code = None
+    if response.headers.get("content-type", "").startswith("application/json"):
+        with contextlib.suppress(ValueError):
+            body = response.json()
+            code = body.get("code") if isinstance(body, dict) else None
+    return f"{response.status_code} {code}" if code else str(response.status_code)
+
+
+def _frame_kind(frame: Frame) -> str:
+    if frame.event is None and frame.comment is not None and frame.data is None:
+        return f"comment `: {frame.comment}`"
+    kind = f"`{frame.event}`" if frame.event else "a message with no event"
+    if frame.data in (None, ""):
+        data = "no data" if frame.data is None else "empty data"
+    else:
+        try:
+            parsed = json.loads(frame.data)
+        except ValueError:
+            data = "text data"
+        else:
+            data = "JSON object data" if isinstance(parsed, dict) else "JSON data"
+    return f"{kind} with {data}" + (", an id" if frame.event_id else ", no id")
+
+
+def _at(seconds: float) -> str:
+    return f"{5 * round(seconds / 5)} s"
+
+
+# -- framing and headers ---------------------------------------------------
+
+
+def health(upstream: Upstream) -> str:
+    raw = upstream.raw(_get("/api/health", {"Host": TRUSTED}))
+    status, headers, _ = _head(raw)
+    names = {k.lower(): v for k, v in headers}
+    framing = "Content-Length" if "content-length" in names else "no Content-Length"
+    return f"{status}; {names.get('content-type')}; {framing}; Keep-Alive: {names.get('keep-alive')}"
+
+
+def unknown_api_path(upstream: Upstream) -> str:
+    with upstream.client() as client:
+        return _answer(client.get("/api/no-such-route", headers={"Host": TRUSTED}))
+
+
+def stream_head(route: str) -> Observe:
+    def observe(upstream: Upstream) -> str:
+        raw = upstream.raw(_get(_path(route), {"Host": TRUSTED, "Accept": "text/event-stream"}))
+        status, headers, _ = _head(raw)
+        return f"{status}; {_shown_headers(headers)}"
+
+    return observe
+
+
+def http10_stream(upstream: Upstream) -> str:
+    raw = upstream.raw(_get(_path("session"), {"Host": TRUSTED}, version="HTTP/1.0"))
+    status, headers, _ = _head(raw)
+    names = {k.lower(): v for k, v in headers}
+    return (
+        f"{status}; Transfer-Encoding {names.get('transfer-encoding', 'none')}; "
+        f"Content-Length {names.get('content-length', 'none')}; "
+        f"Connection: {names.get('connection')}"
+    )
+
+
+def first_frame(route: str) -> Observe:
+    def observe(upstream: Upstream) -> str:
+        with open_stream(upstream.target(), _path(route), read_timeout=ANSWER_S) as stream:
+            if stream.response.status_code != 200:
+                stream.response.read()
+                return f"no stream: {_answer(stream.response)}"
+            return _frame_kind(stream.take(1, events_only=False)[0])
+
+    return observe
+
+
+def sse_heartbeats(route: str) -> Observe:
+    """What follows the first frame in HEARTBEAT_WATCH_S, when nothing happens."""
+
+    def observe(upstream: Upstream) -> str:
+        seen: list[str] = []
+        with open_stream(
+            upstream.target(), _path(route), read_timeout=HEARTBEAT_WATCH_S
+        ) as stream:
+            opened = time.monotonic()
+            if stream.response.status_code != 200:
+                return f"no stream: {stream.response.status_code}"
+            stream.take(1, events_only=False)
+            with contextlib.suppress(httpx.ReadTimeout):
+                for frame in stream.frames():
+                    seen.append(f"{_frame_kind(frame)} at {_at(frame.arrived - opened)}")
+                    if time.monotonic() - opened > HEARTBEAT_WATCH_S:
+                        break
+        return "; ".join(seen) or f"nothing in {HEARTBEAT_WATCH_S:.0f} s"
+
+    return observe
+
+
+# -- sockets ---------------------------------------------------------------
+
+
+def _socket_answer(
+    upstream: Upstream,
+    path: str,
+    *,
+    origin: str | None,
+    host: str = TRUSTED,
+    forwarded_proto: str | None = "https",
+) -> str:
+    """How an upgrade ends up: its first frame, a close code, or an HTTP status."""
+    headers = {"X-Forwarded-Proto": forwarded_proto} if forwarded_proto else {}
+    try:
+        with open_socket(
+            upstream.target(),
+            path,
+            timeout=ANSWER_S,
+            origin=origin,
+            headers=headers,
+            authority=host,
+        ) as sock:
+            try:
+                (frame,) = sock.take(1, timeout=ANSWER_S, events_only=False)
+            except SocketClosed as closed:
+                return f"101, then closed with {closed.code}"
+            except TimeoutError:
+                return f"101, then nothing in {ANSWER_S:.0f} s"
+            if frame.event is None:
+                return "101, then a binary message"
+            return f"101, then {_frame_kind(frame)}"
+    except HandshakeRefused as refused:
+        return f"handshake answered {refused.status}"
+    except (HandshakeUnanswered, RemoteProtocolError, OSError):
+        return "connection closed without an answer"
+
+
+def socket_first_frame(route: str) -> Observe:
+    def observe(upstream: Upstream) -> str:
+        return _socket_answer(upstream, _path(route), origin=PAGE_ORIGIN)
+
+    return observe
+
+
+def socket_heartbeats(route: str) -> Observe:
+    def observe(upstream: Upstream) -> str:
+        seen: list[str] = []
+        with open_socket(
+            upstream.target(),
+            _path(route),
+            timeout=ANSWER_S,
+            origin=PAGE_ORIGIN,
+            headers={"X-Forwarded-Proto": "https"},
+            authority=TRUSTED,
+        ) as sock:
+            opened = time.monotonic()
+            sock.take(1, timeout=ANSWER_S, events_only=False)
+            with contextlib.suppress(TimeoutError):
+                while (left := opened + HEARTBEAT_WATCH_S - time.monotonic()) > 0:
+                    (frame,) = sock.take(1, timeout=left, events_only=False)
+                    shown = (
+                        f"`{HEARTBEAT_EVENT}`" if frame.event == HEARTBEAT_EVENT else _frame_kind(frame)
+                    )
+                    seen.append(f"{shown} at {_at(frame.arrived - opened)}")
+        return "; ".join(seen) or f"nothing in {HEARTBEAT_WATCH_S:.0f} s"
+
+    return observe
+
+
+def socket_origins(upstream: Upstream) -> str:
+    """The origin policy of the upgrade router, case by case, on /api/events."""
+    cases = {
+        "page origin, https": {"origin": PAGE_ORIGIN},
+        "page origin, no X-Forwarded-Proto": {"origin": PAGE_ORIGIN, "forwarded_proto": None},
+        "origin http, X-Forwarded-Proto https": {"origin": f"http://{TRUSTED}"},
+        "origin with :8443, Host without": {"origin": f"{PAGE_ORIGIN}:8443"},
+        "Origin null": {"origin": "null"},
+        "no Origin": {"origin": None},
+        "no Origin, untrusted Host": {"origin": None, "host": UNTRUSTED},
+    }
+    return "; ".join(
+        f"{case}: {_socket_answer(upstream, '/api/events', **options).split(', then ')[-1]}"
+        for case, options in cases.items()
+    )
+
+
+def socket_refusals(upstream: Upstream) -> str:
+    cases = {
+        "unknown room": f"/api/rooms/{uuid.uuid4()}/events",
+        "session id not a UUID": "/api/sessions/not-a-uuid/events",
+        "a path with no socket": "/api/health",
+    }
+    return "; ".join(
+        f"{case}: {_socket_answer(upstream, path, origin=PAGE_ORIGIN)}"
+        for case, path in cases.items()
+    )
+
+
+def terminal(upstream: Upstream) -> str:
+    path = f"/api/terminal/{uuid.uuid4()}/socket"
+    return "; ".join(
+        f"{case}: {_socket_answer(upstream, path, **options)}"
+        for case, options in {
+            "trusted Host": {"origin": PAGE_ORIGIN},
+            "untrusted Host": {"origin": f"https://{UNTRUSTED}", "host": UNTRUSTED},
+        }.items()
+    )
+
+
+# -- cursors -----------------------------------------------------------------
+
+
+def stale_cursor(upstream: Upstream) -> str:
+    """A cursor from another server start, over SSE and over a socket."""
+    session = str(uuid.uuid4())
+    stale = f"{session}-1000-3"
+    path = SESSION.format(id=session)
+    with open_stream(
+        upstream.target(), path, headers={"Last-Event-ID": stale}, read_timeout=ANSWER_S
+    ) as stream:
+        over_sse = _frame_kind(stream.take(1)[0])
+    over_socket = _socket_answer(upstream, f"{path}?resume={stale}", origin=PAGE_ORIGIN)
+    return f"SSE: {over_sse}; socket: {over_socket.split(', then ')[-1]}"
+
+
+# -- the guards ----------------------------------------------------------------
+
+
+def host_guard(upstream: Upstream) -> str:
+    cases = {
+        "/api/health, untrusted Host": ("/api/health", UNTRUSTED),
+        "/api/health, trusted name on another port": ("/api/health", f"{TRUSTED}:8443"),
+        "session stream, untrusted Host": (_path("session"), UNTRUSTED),
+        "the app's page, untrusted Host": ("/", UNTRUSTED),
+    }
+    answers = []
+    with upstream.client() as client:
+        for case, (path, host) in cases.items():
+            with client.stream("GET", path, headers={"Host": host}) as response:
+                if response.headers.get("content-type", "").startswith("application/json"):
+                    response.read()
+                answers.append(f"{case}: {_answer(response)}")
+    return "; ".join(answers)
+
+
+def origin_on_http(upstream: Upstream) -> str:
+    """A request carrying the browser's Origin, as a same-origin POST or asset does."""
+    cases = {
+        "X-Forwarded-Proto https": {"X-Forwarded-Proto": "https"},
+        "none": {},
+        "X-Forwarded-Proto http": {"X-Forwarded-Proto": "http"},
+    }
+    answers = []
+    with upstream.client() as client:
+        for case, extra in cases.items():
+            response = client.get(
+                "/api/health", headers={"Host": TRUSTED, "Origin": PAGE_ORIGIN, **extra}
+            )
+            answers.append(f"{case}: {_answer(response)}")
+        on_8443 = client.get(
+            "/api/health",
+            headers={
+                "Host": TRUSTED,
+                "Origin": f"{PAGE_ORIGIN}:8443",
+                "X-Forwarded-Proto": "https",
+            },
+        )
+    answers.append(f"Origin with :8443, Host without: {_answer(on_8443)}")
+    return "; ".join(answers)
+
+
+class _Assets(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[tuple[str, str, bool]] = []  # (kind, url, crossorigin)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        named = dict(attrs)
+        if tag == "script" and named.get("src"):
+            self.found.append(("script", str(named["src"]), "crossorigin" in named))
+        elif tag == "link" and named.get("rel") == "stylesheet" and named.get("href"):
+            self.found.append(("stylesheet", str(named["href"]), "crossorigin" in named))
+
+
+def app_assets(upstream: Upstream) -> str:
+    """The app's page and the assets it loads, as Chromium asks for them."""
+    with upstream.client() as client:
+        page = client.get("/", headers={"Host": TRUSTED})
+        parser = _Assets()
+        parser.feed(page.text)
+        assets = [a for a in parser.found if a[1].startswith("/")]
+        kinds = ", ".join(
+            f"{kind} {'with' if cross else 'without'} crossorigin" for kind, _, cross in assets
+        )
+        answers = [f"/: {page.status_code}, loads {kinds or 'no asset'}"]
+        for case, extra in {
+            "with X-Forwarded-Proto https": {"X-Forwarded-Proto": "https"},
+            "without X-Forwarded-Proto": {},
+        }.items():
+            statuses = sorted(
+                {
+                    _answer(
+                        client.get(url, headers={"Host": TRUSTED, "Origin": PAGE_ORIGIN, **extra})
+                    )
+                    for _, url, cross in assets
+                    if cross
+                }
+            )
+            answers.append(f"assets with Origin, {case}: {', '.join(statuses) or '-'}")
+    return "; ".join(answers)
+
+
+def client_address(upstream: Upstream) -> str:
+    """Whose address the sign-in limit counts: the last X-Forwarded-For entry.
+
+    Every request here is a wrong sign-in; a fresh pair of documentation
+    addresses each time, so the buckets of an earlier run don't count.
+    """
+    suffix = uuid.uuid4().int % 200 + 20
+    visitor_a = VISITOR_A.rsplit(".", 1)[0] + f".{suffix}"
+    visitor_b = VISITOR_B.rsplit(".", 1)[0] + f".{suffix}"
+
+    def sign_in(client: httpx.Client, forwarded_for: str) -> str:
+        response = client.post(
+            "/api/auth/sign-in/email",
+            json={"email": "owner@example.com", "password": "wrong"},
+            headers={"Host": TRUSTED, "X-Forwarded-For": forwarded_for},
+        )
+        return _answer(response)
+
+    with upstream.client() as client:
+        first = [sign_in(client, visitor_a) for _ in range(SIGNIN_LIMIT)]
+        next_same = sign_in(client, visitor_a)
+        next_other = sign_in(client, visitor_b)
+        behind_second_proxy = sign_in(client, f"{visitor_b}, {visitor_a}")
+    return (
+        f"attempts 1-{SIGNIN_LIMIT} from one address: {', '.join(sorted(set(first)))}; "
+        f"the next from it: {next_same}; from another: {next_other}; "
+        f"with `X-Forwarded-For: <another>, <it>`: {behind_second_proxy}"
+    )
+
+
+BEHAVIOURS: tuple[Behaviour, ...] = (
+    Behaviour("health", "GET /api/health", health),
+    Behaviour("unknown-api-path", "GET of an /api path nothing serves", unknown_api_path),
+    *(
+        Behaviour(f"sse-head-{key.split()[0]}", f"SSE response head, {key} stream", stream_head(key))
+        for key in ROUTES
+    ),
+    Behaviour("sse-http10", "SSE to an HTTP/1.0 request (nginx's default)", http10_stream),
+    *(
+        Behaviour(f"sse-first-{key.split()[0]}", f"SSE first frame, {key} stream", first_frame(key))
+        for key in ROUTES
+    ),
+    *(
+        Behaviour(
+            f"sse-heartbeat-{key.split()[0]}",
+            f"SSE after the first frame, {key} stream, nothing happening",
+            sse_heartbeats(key),
+            slow=True,
+        )
+        for key in ROUTES
+    ),
+    *(
+        Behaviour(
+            f"socket-first-{key}", f"Socket first frame, {key} stream", socket_first_frame(key)
+        )
+        for key in ("global", "session")
+    ),
+    *(
+        Behaviour(
+            f"socket-heartbeat-{key}",
+            f"Socket after the first frame, {key} stream, nothing happening",
+            socket_heartbeats(key),
+            slow=True,
+        )
+        for key in ("global", "session")
+    ),
+    Behaviour("socket-origin", "Socket to /api/events: origin policy", socket_origins),
+    Behaviour("socket-refusals", "Sockets DorkOS refuses", socket_refusals),
+    Behaviour("terminal", "Terminal socket", terminal),
+    Behaviour("stale-cursor", "Resume from a cursor of another server start", stale_cursor),
+    Behaviour("host-guard", "Host guard (login off)", host_guard),
+    Behaviour("origin-http", "GET /api/health with the page's Origin", origin_on_http),
+    Behaviour("app-assets", "The app's page and its assets", app_assets),
+    Behaviour("client-address", "Sign-in limit, by client address", client_address),
+)
+
+
+def observe_all(
+    upstream: Upstream, behaviours: tuple[Behaviour, ...] = BEHAVIOURS
+) -> dict[str, str]:
+    """Every behaviour's description, the slow ones side by side with the rest."""
+
+    def one(behaviour: Behaviour) -> str:
+        try:
+            return behaviour.observe(upstream)
+        except Exception as error:  # an answer too: the mock must fail alike
+            return f"check failed: {type(error).__name__}: {error}"
+
+    with ThreadPoolExecutor(max_workers=len(behaviours), thread_name_prefix="conform") as pool:
+        answers = dict(zip([b.name for b in behaviours], pool.map(one, behaviours), strict=True))
+    return answers
+
+
+# -- what the run found, on the site ---------------------------------------------
+
+# Where the mock answers otherwise than DorkOS on purpose, and what that means
+# for the proofs. A difference not listed here fails the test suite, and so
+# does an entry here that is no longer a difference.
+DIFFERENCES: dict[str, str] = {}
+
+
+def load() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DATA_FILE.read_text())
+    return data
+
+
+def record(dorkos: dict[str, str], mock: dict[str, str], about: dict[str, str]) -> dict[str, Any]:
+    return {
+        "dorkos": about,
+        "ran_on": datetime.date.today().isoformat(),
+        "behaviours": [
+            {
+                "name": b.name,
+                "question": b.question,
+                "dorkos": dorkos[b.name],
+                "mock": mock[b.name],
+            }
+            for b in BEHAVIOURS
+        ],
+    }
+
+
+def render(data: dict[str, Any]) -> str:
+    about = data["dorkos"]
+    lines = [
+        f"DorkOS {about['version']} (commit `{about['commit'][:12]}`, {about['source']}), "
+        f"run on {data['ran_on']}.",
+        "",
+        "| Behaviour | DorkOS | The mock |",
+        "|---|---|---|",
+    ]
+    for row in data["behaviours"]:
+        mock = "the same" if row["mock"] == row["dorkos"] else row["mock"]
+        lines.append(f"| {row['question']} | {_cell(row['dorkos'])} | {_cell(mock)} |")
+    if DIFFERENCES:
+        lines += ["", "Where the mock differs on purpose:", ""]
+        lines += [f"- **{name}**: {why}" for name, why in DIFFERENCES.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("; ", "<br>")
+
+
+def write(data: dict[str, Any], data_file: Path = DATA_FILE, table_file: Path = TABLE_FILE) -> None:
+    data_file.write_text(json.dumps(data, indent=2) + "\n")
+    table_file.write_text(render(data))
+
+
+@contextlib.contextmanager
+def mock_upstream() -> Iterator[Upstream]:
+    """The mock as every proxy run has it (its defaults), on a free loopback port."""
+    from harness.mock_dorkos import MockDorkOS, MockSettings
+
+    with MockDorkOS(MockSettings(port=0)) as mock:
+        yield Upstream("the mock", "127.0.0.1", mock.port)
