@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
 from wsproto.utilities import RemoteProtocolError
 
 from harness.proxies import REPO_ROOT
@@ -185,7 +184,9 @@ def health(upstream: Upstream) -> str:
     status, headers, _ = _head(raw)
     names = {k.lower(): v for k, v in headers}
     framing = "Content-Length" if "content-length" in names else "no Content-Length"
-    return f"{status}; {names.get('content-type')}; {framing}; Keep-Alive: {names.get('keep-alive')}"
+    return (
+        f"{status}; {names.get('content-type')}; {framing}; Keep-Alive: {names.get('keep-alive')}"
+    )
 
 
 def unknown_api_path(upstream: Upstream) -> str:
@@ -229,9 +230,7 @@ def sse_heartbeats(route: str) -> Observe:
 
     def observe(upstream: Upstream) -> str:
         seen: list[str] = []
-        with open_stream(
-            upstream.target(), _path(route), read_timeout=HEARTBEAT_WATCH_S
-        ) as stream:
+        with open_stream(upstream.target(), _path(route), read_timeout=HEARTBEAT_WATCH_S) as stream:
             opened = time.monotonic()
             if stream.response.status_code != 200:
                 return f"no stream: {stream.response.status_code}"
@@ -307,7 +306,9 @@ def socket_heartbeats(route: str) -> Observe:
                 while (left := opened + HEARTBEAT_WATCH_S - time.monotonic()) > 0:
                     (frame,) = sock.take(1, timeout=left, events_only=False)
                     shown = (
-                        f"`{HEARTBEAT_EVENT}`" if frame.event == HEARTBEAT_EVENT else _frame_kind(frame)
+                        f"`{HEARTBEAT_EVENT}`"
+                        if frame.event == HEARTBEAT_EVENT
+                        else _frame_kind(frame)
                     )
                     seen.append(f"{shown} at {_at(frame.arrived - opened)}")
         return "; ".join(seen) or f"nothing in {HEARTBEAT_WATCH_S:.0f} s"
@@ -317,7 +318,7 @@ def socket_heartbeats(route: str) -> Observe:
 
 def socket_origins(upstream: Upstream) -> str:
     """The origin policy of the upgrade router, case by case, on /api/events."""
-    cases = {
+    cases: dict[str, dict[str, Any]] = {
         "page origin, https": {"origin": PAGE_ORIGIN},
         "page origin, no X-Forwarded-Proto": {"origin": PAGE_ORIGIN, "forwarded_proto": None},
         "origin http, X-Forwarded-Proto https": {"origin": f"http://{TRUSTED}"},
@@ -346,12 +347,12 @@ def socket_refusals(upstream: Upstream) -> str:
 
 def terminal(upstream: Upstream) -> str:
     path = f"/api/terminal/{uuid.uuid4()}/socket"
+    cases: dict[str, dict[str, Any]] = {
+        "trusted Host": {"origin": PAGE_ORIGIN},
+        "untrusted Host": {"origin": f"https://{UNTRUSTED}", "host": UNTRUSTED},
+    }
     return "; ".join(
-        f"{case}: {_socket_answer(upstream, path, **options)}"
-        for case, options in {
-            "trusted Host": {"origin": PAGE_ORIGIN},
-            "untrusted Host": {"origin": f"https://{UNTRUSTED}", "host": UNTRUSTED},
-        }.items()
+        f"{case}: {_socket_answer(upstream, path, **options)}" for case, options in cases.items()
     )
 
 
@@ -492,7 +493,9 @@ BEHAVIOURS: tuple[Behaviour, ...] = (
     Behaviour("health", "GET /api/health", health),
     Behaviour("unknown-api-path", "GET of an /api path nothing serves", unknown_api_path),
     *(
-        Behaviour(f"sse-head-{key.split()[0]}", f"SSE response head, {key} stream", stream_head(key))
+        Behaviour(
+            f"sse-head-{key.split()[0]}", f"SSE response head, {key} stream", stream_head(key)
+        )
         for key in ROUTES
     ),
     Behaviour("sse-http10", "SSE to an HTTP/1.0 request (nginx's default)", http10_stream),
@@ -614,3 +617,43 @@ def mock_upstream() -> Iterator[Upstream]:
 
     with MockDorkOS(MockSettings(port=0)) as mock:
         yield Upstream("the mock", "127.0.0.1", mock.port)
+
+
+def main() -> None:
+    """`make conformance`: DorkOS and the mock, side by side; writes what they answered."""
+    import argparse
+    import sys
+
+    from harness import real_dorkos
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--write", action="store_true", help="rewrite data/ and generated/")
+    parser.add_argument(
+        "--render", action="store_true", help="only render generated/ from data/conformance.json"
+    )
+    parser.add_argument("--port", type=int, default=4242, help="where DorkOS listens (loopback)")
+    args = parser.parse_args()
+    if args.render:
+        TABLE_FILE.write_text(render(load()))
+        return
+    try:
+        build = real_dorkos.find_build()
+        with real_dorkos.running(build, port=args.port) as upstream:
+            print(f"{build.label} ({build.source}) answers on {upstream.base_url}", flush=True)
+            dorkos = observe_all(upstream)
+    except real_dorkos.DorkosUnavailable as error:
+        sys.exit(f"make conformance: {error}")
+    with mock_upstream() as upstream:
+        mock = observe_all(upstream)
+    about = {"version": build.version, "commit": build.commit, "source": build.source}
+    data = record(dorkos, mock, about)
+    for row in data["behaviours"]:
+        same = "same" if row["dorkos"] == row["mock"] else "DIFFERENT"
+        print(f"{same:9} {row['name']}\n  DorkOS: {row['dorkos']}\n  mock:   {row['mock']}")
+    if args.write:
+        write(data)
+        print(f"wrote {DATA_FILE.relative_to(REPO_ROOT)} and {TABLE_FILE.relative_to(REPO_ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
