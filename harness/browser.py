@@ -16,6 +16,11 @@ and the page's own JavaScript opens the streams:
 - a WebSocket DorkOS refuses (an unknown room), whose close code 4404 the
   page must see.
 
+Before any of that, the page itself must start: like DorkOS's own, it loads
+its script and stylesheet with `crossorigin`, so Chromium sends `Origin` on
+them, and DorkOS refuses an Origin that doesn't match the scheme and Host it
+was given (500): then the reader's page stays blank.
+
 Chromium runs inside the run's private network, like every other check
 (it is started from the thread that entered it), so it reaches the proxy
 at 127.0.0.1 and nothing else at all.
@@ -31,6 +36,7 @@ import threading
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from harness.endpoints import Endpoint, violation
 from harness.mock_dorkos import MockDorkOS
@@ -201,8 +207,21 @@ def _open_page(
                 "console",
                 lambda message: console.append(message.text) if message.type == "error" else None,
             )
+            assets: list[str] = []
+            page.on(
+                "response",
+                lambda response: (
+                    assets.append(f"{urlsplit(response.url).path} answered {response.status}")
+                    if urlsplit(response.url).path.startswith("/assets/")
+                    else None
+                ),
+            )
             page.goto(f"{endpoint.target.origin}/", timeout=LAUNCH_WAIT_S * 1000)
+            # The app's own script marks the page as started; with it refused
+            # (a 500 to the Origin its crossorigin load sends), the page is blank.
+            app = page.evaluate("() => window.dorkosApp ?? null")
             seen: dict[str, Any] = page.evaluate(PAGE_SCRIPT, arguments)
+            seen["app"], seen["assets"] = app, sorted(assets)
         finally:
             browser.close()
     return seen, console
@@ -210,6 +229,11 @@ def _open_page(
 
 def _problems(seen: dict[str, Any]) -> list[str]:
     problems = []
+    if seen["app"] != "started":
+        problems.append(
+            f"the app's page stayed blank: its script never ran "
+            f"({', '.join(seen['assets']) or 'no asset was even requested'})"
+        )
     wanted = ["snapshot", *["text_delta"] * EVENTS]
     if seen["ws"]["events"] != wanted:
         problems.append(

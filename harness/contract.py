@@ -32,7 +32,7 @@ from harness.endpoints import (
     run_check,
     violation,
 )
-from harness.mock_dorkos import MockDorkOS, RequestRecord
+from harness.mock_dorkos import MockDorkOS, RequestRecord, client_address
 from harness.proxies import tls_handshake
 from harness.sse_client import Target, open_stream
 from harness.stream_checks import (
@@ -86,6 +86,13 @@ def expected_forwarded_headers(endpoint: Endpoint) -> dict[str, str]:
         "X-Forwarded-Proto": "https",
         "X-Forwarded-Host": host,
     }
+
+
+# A visitor's address, other than the proxy's own (127.0.0.1 or ::1, from
+# where it reaches DorkOS), so that whose address DorkOS counts can be told
+# apart; and one a visitor might put in X-Forwarded-For to pass for another.
+VISITOR_ADDRESS = "127.0.0.2"
+FORGED_ADDRESS = "203.0.113.66"
 
 
 # -- fast properties -----------------------------------------------------
@@ -147,6 +154,49 @@ def forwarded_headers(endpoint: Endpoint, mock: MockDorkOS, expected: dict[str, 
     if problems:
         raise violation(endpoint, "; and ".join(problems))
     return ", ".join(f"{k}: {v}" for k, v in expected.items()) + "; browser POST: 202"
+
+
+def check_client_address(endpoint: Endpoint, mock: MockDorkOS) -> str:
+    """DorkOS counts each visitor by their own address, which they can't forge.
+
+    Its sign-in limit (10 attempts per address in 15 minutes) and its other
+    rate limits count by that address: a proxy that sends no
+    X-Forwarded-For makes every visitor the proxy, so one stranger's wrong
+    passwords lock everyone out; one that passes a visitor's own
+    X-Forwarded-For on as the last entry lets them pick any address.
+    """
+    probe = f"/api/health?visitor={uuid.uuid4()}"
+    target = endpoint.target
+    verify = target.ssl_context() if target.scheme == "https" else True
+    transport = httpx.HTTPTransport(local_address=VISITOR_ADDRESS, verify=verify)
+    with httpx.Client(
+        base_url=target.base_url, transport=transport, headers={"Host": target.authority}
+    ) as client:
+        for case, headers in (("plain", {}), ("forged", {"X-Forwarded-For": FORGED_ADDRESS})):
+            client.get(f"{probe}&{case}", headers=headers, extensions=target.extensions)
+    seen = {
+        case: _only(endpoint, [r for r in mock.records if r.target == f"{probe}&{case}"])
+        for case in ("plain", "forged")
+    }
+    counted = {case: client_address(record) for case, record in seen.items()}
+    if counted["plain"] != VISITOR_ADDRESS:
+        raise violation(
+            endpoint,
+            f"a visitor at {VISITOR_ADDRESS} is counted by DorkOS as {counted['plain']} "
+            f"(X-Forwarded-For {seen['plain'].header('X-Forwarded-For')!r}, the proxy "
+            f"connecting from {seen['plain'].peer}): every visitor shares one sign-in limit",
+        )
+    if counted["forged"] != VISITOR_ADDRESS:
+        raise violation(
+            endpoint,
+            f"a visitor at {VISITOR_ADDRESS} sending X-Forwarded-For: {FORGED_ADDRESS} is "
+            f"counted by DorkOS as {counted['forged']} (it got X-Forwarded-For "
+            f"{seen['forged'].header('X-Forwarded-For')!r}): a visitor can pick their address",
+        )
+    return (
+        f"{VISITOR_ADDRESS} counted as {counted['plain']}; with a forged X-Forwarded-For "
+        f"as {counted['forged']} (DorkOS got {seen['forged'].header('X-Forwarded-For')!r})"
+    )
 
 
 def _only(endpoint: Endpoint, records: list[RequestRecord]) -> RequestRecord:
@@ -367,6 +417,7 @@ def on(transport: Transport, check: Callable[..., str], **options: Any) -> Check
 PROPERTIES = (
     Property("events-in-real-time", check_realtime),
     Property("forwarded-headers", check_forwarded_headers),
+    Property("client-address", check_client_address),
     Property("https", check_https),
     Property("tls-1.2-and-1.3-only", check_tls_versions),
     Property(

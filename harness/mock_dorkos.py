@@ -521,14 +521,8 @@ class MockDorkOS:
         )
 
     async def _sign_in(self, record: RequestRecord, writer: asyncio.StreamWriter) -> bool:
-        """Better Auth's password sign-in, behind DorkOS's limit per client address.
-
-        With `trust proxy` at 1, Express takes the client's address from the
-        last X-Forwarded-For entry (the one the proxy in front added), or
-        from the connection when there is none.
-        """
-        forwarded = record.header("X-Forwarded-For")
-        address = forwarded.split(",")[-1].strip() if forwarded else record.peer
+        """Better Auth's password sign-in, behind DorkOS's limit per client address."""
+        address = client_address(record)
         attempts = self._sign_in_attempts.get(address, 0) + 1
         self._sign_in_attempts[address] = attempts
         if attempts > self.settings.sign_in_limit:
@@ -946,6 +940,18 @@ async def _watch_for_close(reader: asyncio.StreamReader) -> None:
     # away (EOF) or broke the protocol, so the stream ends either way.
     with contextlib.suppress(ConnectionError):
         await reader.read(1)
+
+
+def client_address(record: RequestRecord) -> str:
+    """Whom DorkOS takes a request to come from (Express's `req.ip`).
+
+    With `trust proxy` at 1, Express believes one hop: the last entry of
+    X-Forwarded-For (the one the proxy in front of DorkOS added), or the
+    connection's own address when there is none. DorkOS's sign-in limit and
+    its other rate limits count by it.
+    """
+    forwarded = record.header("X-Forwarded-For")
+    return forwarded.split(",")[-1].strip() if forwarded else record.peer
 
 
 def _under_api(path: str) -> bool:

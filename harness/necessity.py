@@ -76,6 +76,7 @@ MEASURES = (
         shows_when="when a response takes over 60 s to start",
     ),
     Measure("headers DorkOS reads", contract.check_headers_dorkos_reads),
+    Measure("client address DorkOS counts", contract.check_client_address),
     Measure("https", contract.check_https),
     Measure(
         "SSE disconnect reaches upstream", functools.partial(streams.disconnect, transport="sse")

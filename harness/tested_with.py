@@ -63,6 +63,7 @@ PROPERTY_WORDS = {
     "tls-1.2-and-1.3-only": "TLS 1.2 and 1.3 only",
     "http-redirects-to-https": "HTTP redirects to HTTPS",
     "forwarded-headers": "Forwards Host, client and scheme",
+    "client-address": "DorkOS counts each visitor by their own address",
     "ordinary-traffic": "Pages, REST and 1 MB posts",
     "websocket-upgrade": "WebSocket upgrade reaches DorkOS",
     "websocket-frames-in-real-time": "WebSocket: frames in real time",

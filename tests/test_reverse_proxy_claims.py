@@ -330,6 +330,8 @@ def test_another_port_needs_it_in_host(measured: dict[tuple[str, str], dict[str,
             assert "close code 4403 'Origin not trusted'" in failed.get("socket", ""), results
             assert "answered 500" in failed.get("post", ""), results
             assert "closed with 4403" in failed.get("chromium", ""), results
+            # DorkOS's own app doesn't even get that far: its page stays blank.
+            assert "/assets/index-mock.js answered 500" in failed["chromium"], results
         else:
             assert failed == {}, f"{image} {label}: {failed}"
 
@@ -375,6 +377,39 @@ def test_nginx_refuses_the_map_outside_http(proxy_lab: ProxyLab, where: str) -> 
     )
     assert code != 0, output
     assert '"map" directive is not allowed here' in output, output
+
+
+REFUSED = "connect() failed (111: Connection refused)"
+
+
+def measure_refusals_while_working(lab: ProxyLab) -> dict[str, tuple[list[int], int]]:
+    """Published nginx, DorkOS on ::1 alone: answers, and refused connects logged."""
+    found = {}
+    for image in lab.images_for("nginx"):
+        snippet = REPO_ROOT / RECOMMENDED_SNIPPETS["nginx"]
+        with lab.run(image, snippet, events=NGINX_EVENTS_SNIPPET) as proxy:
+
+            def ask(target: Any = proxy.target) -> list[int]:
+                # One connection, so one nginx worker and its turn-taking.
+                with target.client() as client:
+                    return [
+                        client.get("/api/health", extensions=target.extensions).status_code
+                        for _ in range(8)
+                    ]
+
+            statuses = proxy.network.call(ask)
+            found[image.description] = (statuses, proxy.stopped_log().count(REFUSED))
+    return found
+
+
+@pytest.mark.measured_by(measure=measure_refusals_while_working)
+def test_refused_connects_are_logged_while_everything_works(
+    measured: dict[str, tuple[list[int], int]],
+) -> None:
+    """ "502 Bad Gateway, and DorkOS is running": the log line alone is no symptom."""
+    for image, (statuses, refused) in measured.items():
+        assert statuses == [200] * 8, f"{image}: {statuses}"
+        assert refused > 0, f"{image}: nginx logged no {REFUSED!r} in 8 requests"
 
 
 # -- "When DorkOS restarts" and "Where DorkOS listens".
