@@ -14,7 +14,7 @@ TIMED := scripts/timed
 export DORKOS_DOCS_STATE ?= .cache
 SETUP_TIMES := $(DORKOS_DOCS_STATE)/setup-times.tsv
 
-.PHONY: serve site test check lint typecheck host browser images necessity tested-with bench soak clean
+.PHONY: serve site test check lint typecheck host browser images necessity tested-with bench soak conformance clean
 
 # uv installs the packages: pip took about a minute of a cold run's five on
 # two cores, uv about a quarter of that (it downloads side by side).
@@ -61,6 +61,10 @@ bench: $(INSTALLED) host images
 ## soak: 500 streams per config for ten minutes; rewrites data/soak.json
 soak: $(INSTALLED) host images
 	$(BIN)/python -m harness.soak --write
+
+## conformance: the mock against a real DorkOS (DORKOS_SOURCE: a built checkout; DORKOS_NODE: Node 22+); rewrites data/conformance.json
+conformance: $(INSTALLED)
+	$(BIN)/python -m harness.conformance --write
 
 ## lint / typecheck: ruff and mypy over the Python code; the CI workflow against its schema
 lint: $(INSTALLED)

@@ -586,8 +586,8 @@ def record(dorkos: dict[str, str], mock: dict[str, str], about: dict[str, str]) 
 def render(data: dict[str, Any]) -> str:
     about = data["dorkos"]
     lines = [
-        f"DorkOS {about['version']} (commit `{about['commit'][:12]}`, {about['source']}), "
-        f"run on {data['ran_on']}.",
+        f"DorkOS {about['version']} (commit `{about['commit'][:12]}`, {about['source']}, "
+        f"on Node.js {about['node']}), run on {data['ran_on']}.",
         "",
         "| Behaviour | DorkOS | The mock |",
         "|---|---|---|",
@@ -638,14 +638,17 @@ def main() -> None:
         return
     try:
         build = real_dorkos.find_build()
-        with real_dorkos.running(build, port=args.port) as upstream:
-            print(f"{build.label} ({build.source}) answers on {upstream.base_url}", flush=True)
-            dorkos = observe_all(upstream)
+        dorkos = real_dorkos.with_dorkos(build, args.port, observe_all)
     except real_dorkos.DorkosUnavailable as error:
         sys.exit(f"make conformance: {error}")
     with mock_upstream() as upstream:
         mock = observe_all(upstream)
-    about = {"version": build.version, "commit": build.commit, "source": build.source}
+    about = {
+        "version": build.version,
+        "commit": build.commit,
+        "source": build.source,
+        "node": real_dorkos.node_version(),
+    }
     data = record(dorkos, mock, about)
     for row in data["behaviours"]:
         same = "same" if row["dorkos"] == row["mock"] else "DIFFERENT"

@@ -213,7 +213,8 @@ class MockDorkOS:
         self._logs: dict[str, ResourceLog] = {}
         self._rooms: set[str] = set()
         self._global_readers = 0
-        self._sign_in_attempts: dict[str, int] = {}
+        self._sign_in_attempts: dict[str, list[float]] = {}
+        self._terminals: set[str] = set()
         self._overrides: dict[str, dict[str, Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -363,6 +364,11 @@ class MockDorkOS:
         if parts[0] == "api" and resource in self._overrides:
             return dataclasses.replace(self.settings, **self._overrides[resource])
         return self.settings
+
+    def open_terminal(self, terminal_id: str) -> str:
+        """A terminal that exists: its socket opens; any other is refused (404)."""
+        self._terminals.add(terminal_id)
+        return terminal_id
 
     def open_room(self, room_id: str) -> str:
         """A room that exists: its stream answers; any other is refused (404, 4404)."""
@@ -523,9 +529,9 @@ class MockDorkOS:
     async def _sign_in(self, record: RequestRecord, writer: asyncio.StreamWriter) -> bool:
         """Better Auth's password sign-in, behind DorkOS's limit per client address."""
         address = client_address(record)
-        attempts = self._sign_in_attempts.get(address, 0) + 1
-        self._sign_in_attempts[address] = attempts
-        if attempts > self.settings.sign_in_limit:
+        attempts = self._sign_in_attempts.setdefault(address, [])
+        attempts.append(time.monotonic())
+        if len(attempts) > self.settings.sign_in_limit:
             return await self._send_json(
                 record,
                 writer,
@@ -534,6 +540,14 @@ class MockDorkOS:
                     "error": "Too many sign-in attempts. Try again in a few minutes.",
                     "code": "RATE_LIMITED",
                 },
+            )
+        # Inside, Better Auth's own throttle (on in production): 3 attempts
+        # in 10 s, answered without DorkOS's error code.
+        recent = [at for at in attempts if at > attempts[-1] - BETTER_AUTH_WINDOW_S]
+        if len(recent) > BETTER_AUTH_ATTEMPTS:
+            message = {"message": "Too many requests. Please try again later."}
+            return await self._send(
+                record, writer, 429, "text/plain;charset=UTF-8", json.dumps(message).encode()
             )
         return await self._send_json(
             record,
@@ -547,12 +561,13 @@ class MockDorkOS:
         record: RequestRecord,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        opening: bytes,
+        route: tuple[str, bytes],
     ) -> None:
         """An older SSE route: no X-Accel-Buffering, one opening frame, no heartbeat."""
         record.transport = "sse"
+        content_type, opening = route
         headers = [
-            ("Content-Type", "text/event-stream"),
+            ("Content-Type", content_type),
             ("Cache-Control", "no-cache"),
             ("Connection", "keep-alive"),
         ]
@@ -796,7 +811,7 @@ class MockDorkOS:
             if not trusted:
                 await self._refuse_handshake(record, writer, 403, "Origin not trusted")
                 return
-            if not _is_uuid(resource):
+            if resource not in self._terminals:
                 await self._refuse_handshake(record, writer, 404, "Not Found")
                 return
         connection = WSConnection(ConnectionType.SERVER)
@@ -959,10 +974,15 @@ def _under_api(path: str) -> bool:
 
 
 SIGN_IN_PATH = "/api/auth/sign-in/email"
+BETTER_AUTH_ATTEMPTS, BETTER_AUTH_WINDOW_S = 3, 10.0
 # The two deprecated SSE routes and the frame each opens with.
 DEPRECATED_STREAMS = {
-    "/api/tunnel/stream": b'event: tunnel_status\ndata: {"connected":false}\n\n',
-    "/api/extensions/events": b":ok\n\n",
+    "/api/tunnel/stream": (
+        "text/event-stream",
+        b'event: tunnel_status\ndata: {"connected":false}\n\n',
+    ),
+    # Set through Express's res.set(), which adds the charset.
+    "/api/extensions/events": ("text/event-stream; charset=utf-8", b":ok\n\n"),
 }
 # As DorkOS's built app: its page loads its script and stylesheet with
 # `crossorigin`, so Chromium sends Origin on those same-origin requests, and

@@ -24,9 +24,10 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
@@ -38,10 +39,16 @@ NPM_PREFIX = REPO_ROOT / ".cache" / "dorkos-npm"
 # DorkOS answers about 9 s after it starts on two cores; far from this.
 READY_WITHIN_S = 120.0
 STOP_WITHIN_S = 15.0
+START_ATTEMPTS = 5
+T = TypeVar("T")
 
 
 class DorkosUnavailable(RuntimeError):
     """No DorkOS to run, or no Node.js to run it with: says which and how to fix it."""
+
+
+class DorkosCrashed(DorkosUnavailable):
+    """DorkOS started and exited before it answered."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,11 @@ def find_node() -> Path:
     return node
 
 
+def node_version() -> str:
+    node = find_node()
+    return subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
+
+
 def find_build() -> DorkosBuild:
     source = os.environ.get("DORKOS_SOURCE")
     if source:
@@ -91,15 +103,20 @@ def find_build() -> DorkosBuild:
 
 
 def _from_source(checkout: Path) -> DorkosBuild:
-    entry = checkout / "apps" / "server" / "dist" / "index.js"
-    client = checkout / "apps" / "client" / "dist"
-    missing = [p for p in (entry, client / "index.html") if not p.exists()]
     if not (checkout / "apps" / "server" / "package.json").exists():
         raise DorkosUnavailable(f"DORKOS_SOURCE={checkout} is not a DorkOS checkout")
+    # The bundle the npm package ships (`pnpm --filter=dorkos run build`),
+    # else the server and web app as the monorepo builds them.
+    bundle = checkout / "packages" / "cli" / "dist" / "server" / "index.js"
+    entry, client = bundle, bundle.parent.parent / "client"
+    if not bundle.exists():
+        entry = checkout / "apps" / "server" / "dist" / "index.js"
+        client = checkout / "apps" / "client" / "dist"
+    missing = [p for p in (entry, client / "index.html") if not p.exists()]
     if missing:
         raise DorkosUnavailable(
             f"DORKOS_SOURCE={checkout} is not built: {', '.join(map(str, missing))} missing "
-            f"(run `pnpm install && pnpm build` there)"
+            f"(run `pnpm install && pnpm --filter=dorkos run build` there)"
         )
     version_file = checkout / "VERSION"
     version = (
@@ -145,6 +162,7 @@ def running(
     """DorkOS serving `localhost:port` until the block ends; its Upstream."""
     node = find_node()
     home = Path(tempfile.mkdtemp(prefix="dork-home-"))
+    (home / "work").mkdir()
     log_path = (log_dir or home) / f"dorkos-{port}.log"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -154,6 +172,9 @@ def running(
         "DORKOS_PORT": str(port),
         "DORKOS_TRUSTED_HOSTS": TRUSTED,
         "DORKOS_TEST_RUNTIME": "true",
+        # Sessions stream only for a working directory inside DorkOS's
+        # boundary (the home directory); its default is beside its own code.
+        "DORKOS_DEFAULT_CWD": str(home),
         "DORKOS_TELEMETRY_DISABLED": "1",
         "DO_NOT_TRACK": "1",
         **(extra_env or {}),
@@ -177,12 +198,33 @@ def running(
         shutil.rmtree(home, ignore_errors=True)
 
 
+def with_dorkos(build: DorkosBuild, port: int, work: Callable[[Upstream], T]) -> T:
+    """`work` done against a DorkOS started for it, started again if it crashes at start.
+
+    DorkOS 0.62 built on Node 24 here aborts during start-up about half the
+    time (better-sqlite3's `Assertion failed: (env) != nullptr` in
+    RemoveEnvironmentCleanupHook, after "AdapterManager initialized"). That
+    is DorkOS's own crash, before it answers anything; it is reported, and
+    a later start is used.
+    """
+    crashes = []
+    for _ in range(START_ATTEMPTS):
+        try:
+            with running(build, port=port) as upstream:
+                print(f"{build.label} ({build.source}) answers on {upstream.base_url}", flush=True)
+                return work(upstream)
+        except DorkosCrashed as crash:
+            crashes.append(str(crash))
+            print(f"DorkOS crashed before it answered; starting it again:\n{crash}", flush=True)
+    raise DorkosUnavailable(f"DorkOS crashed at all {START_ATTEMPTS} starts:\n" + crashes[-1])
+
+
 def _wait_until_ready(process: subprocess.Popen[bytes], port: int, log_path: Path) -> str:
     """The loopback address DorkOS answers /api/health on, once it does."""
     deadline = time.monotonic() + READY_WITHIN_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise DorkosUnavailable(
+            raise DorkosCrashed(
                 f"DorkOS exited with {process.returncode} before it answered:\n{_tail(log_path)}"
             )
         for host in ("::1", "127.0.0.1"):

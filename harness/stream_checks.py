@@ -460,7 +460,7 @@ def check_websocket_refusal(endpoint: Endpoint, mock: MockDorkOS) -> str:
 
 def check_terminal(endpoint: Endpoint, mock: MockDorkOS) -> str:
     """The terminal's socket carries binary output and typed input both ways."""
-    path = f"/api/terminal/{uuid.uuid4()}/socket"
+    path = f"/api/terminal/{mock.open_terminal(str(uuid.uuid4()))}/socket"
     try:
         with open_socket(endpoint.target, path, timeout=HELD_BACK_AFTER_S) as sock:
             prompt = sock.recv(timeout=HELD_BACK_AFTER_S)

@@ -161,8 +161,9 @@ def test_global_stream_at_capacity_closes_with_4503(mock: MockDorkOS, target: Ta
             assert client.get("/api/events").status_code == 503
 
 
-def test_terminal_echoes_input_as_binary_frames(target: Target) -> None:
-    with open_socket(target, f"/api/terminal/{uuid.uuid4()}/socket", timeout=WAIT) as sock:
+def test_terminal_echoes_input_as_binary_frames(mock: MockDorkOS, target: Target) -> None:
+    terminal = mock.open_terminal(str(uuid.uuid4()))
+    with open_socket(target, f"/api/terminal/{terminal}/socket", timeout=WAIT) as sock:
         assert sock.recv(timeout=WAIT) == b"$ "
         sock.send_text(json.dumps({"type": "input", "data": "ls\r"}))
         assert sock.recv(timeout=WAIT) == b"ls\r"
@@ -170,7 +171,8 @@ def test_terminal_echoes_input_as_binary_frames(target: Target) -> None:
 
 @pytest.mark.parametrize(
     ("terminal", "origin", "status"),
-    [("not-a-uuid", "page", 404), (str(uuid.uuid4()), "null", 403)],
+    # A terminal that was never opened, and an untrusted origin.
+    [(str(uuid.uuid4()), "page", 404), (str(uuid.uuid4()), "null", 403)],
 )
 def test_terminal_refuses_at_the_handshake(
     target: Target, terminal: str, origin: str, status: int
