@@ -20,6 +20,7 @@ import contextlib
 import datetime
 import html.parser
 import json
+import re
 import socket
 import time
 import uuid
@@ -602,7 +603,8 @@ def render(data: dict[str, Any]) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("; ", "<br>")
+    # A line per part of the answer, but a media type keeps its charset.
+    return re.sub(r"; (?!charset=)", "<br>", text.replace("|", "\\|"))
 
 
 def write(data: dict[str, Any], data_file: Path = DATA_FILE, table_file: Path = TABLE_FILE) -> None:
