@@ -45,6 +45,7 @@ from harness.ws_client import (
 
 DATA_FILE = REPO_ROOT / "data" / "conformance.json"
 TABLE_FILE = REPO_ROOT / "generated" / "conformance.md"
+SUMMARY_FILE = REPO_ROOT / "generated" / "conformance-summary.md"
 
 # The reader's name for the server, which both DorkOS and the mock are
 # started to trust (DORKOS_TRUSTED_HOSTS), and the browser's origin for it.
@@ -602,6 +603,23 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_summary(data: dict[str, Any]) -> str:
+    """The line the Tested with page gives: which DorkOS the mock answers as."""
+    about = data["dorkos"]
+    same = sum(row["mock"] == row["dorkos"] for row in data["behaviours"])
+    return (
+        f"The DorkOS in these runs is the mock, which answered {same} of "
+        f"{len(data['behaviours'])} black-box checks exactly as DorkOS {about['version']} "
+        f"(commit `{about['commit'][:12]}`) did on {data['ran_on']}; the rest are "
+        f"explained on [How it is tested](how-it-is-tested.md#the-mock-against-the-real-dorkos).\n"
+        if same < len(data["behaviours"])
+        else f"The DorkOS in these runs is the mock, which answered all "
+        f"{len(data['behaviours'])} black-box checks exactly as DorkOS {about['version']} "
+        f"(commit `{about['commit'][:12]}`) did on {data['ran_on']} (see "
+        f"[How it is tested](how-it-is-tested.md#the-mock-against-the-real-dorkos)).\n"
+    )
+
+
 def _cell(text: str) -> str:
     # A line per part of the answer, but a media type keeps its charset.
     return re.sub(r"; (?!charset=)", "<br>", text.replace("|", "\\|"))
@@ -610,6 +628,7 @@ def _cell(text: str) -> str:
 def write(data: dict[str, Any], data_file: Path = DATA_FILE, table_file: Path = TABLE_FILE) -> None:
     data_file.write_text(json.dumps(data, indent=2) + "\n")
     table_file.write_text(render(data))
+    SUMMARY_FILE.write_text(render_summary(data))
 
 
 @contextlib.contextmanager
@@ -637,6 +656,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.render:
         TABLE_FILE.write_text(render(load()))
+        SUMMARY_FILE.write_text(render_summary(load()))
         return
     try:
         build = real_dorkos.find_build()

@@ -14,6 +14,7 @@ import pytest
 
 from harness import conformance
 from harness.lab import ProxyLab
+from harness.proxies import REPO_ROOT
 
 
 def mock_answers(lab: ProxyLab) -> dict[str, str]:
@@ -70,3 +71,10 @@ def test_committed_table_matches_the_data(recorded: dict[str, Any]) -> None:
     assert conformance.TABLE_FILE.read_text() == conformance.render(recorded), (
         f"{conformance.TABLE_FILE} is stale: run `python -m harness.conformance --render`"
     )
+
+
+def test_tested_with_names_the_dorkos_the_mock_answers_as(recorded: dict[str, Any]) -> None:
+    assert conformance.SUMMARY_FILE.read_text() == conformance.render_summary(recorded)
+    page = REPO_ROOT / "docs" / "tested-with.md"
+    include = f'--8<-- "{conformance.SUMMARY_FILE.relative_to(REPO_ROOT)}"'
+    assert include in page.read_text(), f"{page.name} does not include the summary"
