@@ -167,11 +167,7 @@ def check_client_address(endpoint: Endpoint, mock: MockDorkOS) -> str:
     """
     probe = f"/api/health?visitor={uuid.uuid4()}"
     target = endpoint.target
-    verify = target.ssl_context() if target.scheme == "https" else True
-    transport = httpx.HTTPTransport(local_address=VISITOR_ADDRESS, verify=verify)
-    with httpx.Client(
-        base_url=target.base_url, transport=transport, headers={"Host": target.authority}
-    ) as client:
+    with target.client(local_address=VISITOR_ADDRESS) as client:
         for case, headers in (("plain", {}), ("forged", {"X-Forwarded-For": FORGED_ADDRESS})):
             client.get(f"{probe}&{case}", headers=headers, extensions=target.extensions)
     seen = {

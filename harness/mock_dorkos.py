@@ -35,7 +35,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -566,17 +566,9 @@ class MockDorkOS:
         """An older SSE route: no X-Accel-Buffering, one opening frame, no heartbeat."""
         record.transport = "sse"
         content_type, opening = route
-        headers = [
-            ("Content-Type", content_type),
-            ("Cache-Control", "no-cache"),
-            ("Connection", "keep-alive"),
-        ]
-        chunked = record.version == "HTTP/1.1"
-        if chunked:
-            headers.append(("Transfer-Encoding", "chunked"))
-        writer.write(self._head(record, 200, headers))
-        writer.write(b"%x\r\n%s\r\n" % (len(opening), opening) if chunked else opening)
-        await writer.drain()
+        head = self._stream_headers(record, accel_buffering=False, content_type=content_type)
+        writer.write(self._head(record, 200, head))
+        await self._stream_writer(record, writer)(opening)
         await self._run_stream(self.settings, _watch_for_close(reader), _forever())
 
     async def _accept_message(
@@ -663,21 +655,35 @@ class MockDorkOS:
 
     # -- Server-Sent Events ----------------------------------------------
 
+    @staticmethod
     def _stream_headers(
-        self, record: RequestRecord, settings: MockSettings
+        record: RequestRecord, accel_buffering: bool, content_type: str = "text/event-stream"
     ) -> list[tuple[str, str]]:
         headers = [
-            ("Content-Type", "text/event-stream"),
+            ("Content-Type", content_type),
             ("Cache-Control", "no-cache"),
             ("Connection", "keep-alive"),
         ]
-        if settings.accel_buffering_header:
+        if accel_buffering:
             headers.append(("X-Accel-Buffering", "no"))
         if record.version == "HTTP/1.1":
             headers.append(("Transfer-Encoding", "chunked"))
         # To HTTP/1.0, Node sends neither Transfer-Encoding nor Content-Length:
         # the body ends when the connection closes.
         return headers
+
+    @staticmethod
+    def _stream_writer(
+        record: RequestRecord, writer: asyncio.StreamWriter
+    ) -> Callable[[bytes], Coroutine[Any, Any, None]]:
+        """How a stream's bytes go out: in chunks to HTTP/1.1, as they are to 1.0."""
+        chunked = record.version == "HTTP/1.1"
+
+        async def write(data: bytes) -> None:
+            writer.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+            await writer.drain()
+
+        return write
 
     async def _stream_over_sse(
         self,
@@ -695,15 +701,10 @@ class MockDorkOS:
             await self._send_json(record, writer, 503, {"error": "Too many SSE clients"})
             return
         record.transport = "sse"
-        writer.write(self._head(record, 200, self._stream_headers(record, settings)))
+        head = self._stream_headers(record, settings.accel_buffering_header)
+        writer.write(self._head(record, 200, head))
         await writer.drain()
-        chunked = record.version == "HTTP/1.1"
-
-        async def write(data: bytes) -> None:
-            writer.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
-            await writer.drain()
-
-        sink = SseSink(write, global_stream=kind == "global")
+        sink = SseSink(self._stream_writer(record, writer), global_stream=kind == "global")
         if kind == "room":
             await sink.comment("connected")  # DorkOS flushes the room stream's head so
         cursor = record.header("Last-Event-ID") or record.query("resume")

@@ -24,7 +24,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -152,18 +152,12 @@ def _from_npm() -> DorkosBuild | None:
 
 
 @contextlib.contextmanager
-def running(
-    build: DorkosBuild,
-    *,
-    port: int,
-    extra_env: Mapping[str, str] | None = None,
-    log_dir: Path | None = None,
-) -> Iterator[Upstream]:
+def running(build: DorkosBuild, *, port: int) -> Iterator[Upstream]:
     """DorkOS serving `localhost:port` until the block ends; its Upstream."""
     node = find_node()
     home = Path(tempfile.mkdtemp(prefix="dork-home-"))
     (home / "work").mkdir()
-    log_path = (log_dir or home) / f"dorkos-{port}.log"
+    log_path = home / f"dorkos-{port}.log"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
@@ -177,7 +171,6 @@ def running(
         "DORKOS_DEFAULT_CWD": str(home),
         "DORKOS_TELEMETRY_DISABLED": "1",
         "DO_NOT_TRACK": "1",
-        **(extra_env or {}),
     }
     if build.client_dist is not None:
         env["CLIENT_DIST_PATH"] = str(build.client_dist)

@@ -83,12 +83,17 @@ class Target:
             context.load_default_certs()
         return context
 
-    def client(self, timeout: float = 30.0) -> httpx.Client:
+    def client(self, timeout: float = 30.0, *, local_address: str | None = None) -> httpx.Client:
+        """A client for the target; from `local_address`, if given, as another visitor."""
+        verify = self.ssl_context() if self.base_url.startswith("https") else True
         return httpx.Client(
             base_url=self.base_url,
-            verify=self.ssl_context() if self.base_url.startswith("https") else True,
+            verify=verify,
             headers={"Host": self.authority},
             timeout=httpx.Timeout(timeout),
+            transport=httpx.HTTPTransport(local_address=local_address, verify=verify)
+            if local_address
+            else None,
         )
 
     @property
