@@ -81,7 +81,8 @@ class Upstream:
         return Target(self.base_url, TRUSTED)
 
     def client(self, timeout: float = ANSWER_S) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=timeout)
+        # As Target.client: loopback, so no proxy lookup (it races with pytest).
+        return httpx.Client(base_url=self.base_url, timeout=timeout, trust_env=False)
 
     def raw(self, request: bytes, *, until: bytes = b"\r\n\r\n", wait: float = ANSWER_S) -> bytes:
         """Send bytes; what came back up to and including `until` (or the close)."""

@@ -62,6 +62,11 @@ def docker_client() -> docker.DockerClient:
     try:
         # Runs overlap: many threads talk to the engine at once.
         client = docker.from_env(version="auto", timeout=120, max_pool_size=32)
+        # The engine's socket is never behind a proxy, and looking for one
+        # iterates os.environ on every call: from a background run's thread
+        # that races with pytest, which sets PYTEST_CURRENT_TEST from the main
+        # thread (a KeyError in os.environ's iteration, seen once).
+        client.api.trust_env = False
         client.ping()
     except docker.errors.DockerException as error:
         if client is not None:

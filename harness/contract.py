@@ -294,6 +294,7 @@ def check_http_redirects_to_https(endpoint: Endpoint, mock: MockDorkOS) -> str:
         headers={"Host": SERVER_NAME},
         follow_redirects=False,
         timeout=10,
+        trust_env=False,  # as Target.client: no proxy lookup racing with pytest
     )
     location = response.headers.get("Location", "")
     expected = f"https://{SERVER_NAME}/api/health?from=http"

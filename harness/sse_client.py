@@ -89,6 +89,9 @@ class Target:
         return httpx.Client(
             base_url=self.base_url,
             verify=verify,
+            # Loopback only: no proxy to look up in os.environ, which races
+            # with pytest's PYTEST_CURRENT_TEST (harness.containers says how).
+            trust_env=False,
             headers={"Host": self.authority},
             timeout=httpx.Timeout(timeout),
             transport=httpx.HTTPTransport(local_address=local_address, verify=verify)
