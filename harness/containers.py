@@ -6,10 +6,13 @@ import contextlib
 import functools
 import os
 import socket
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -140,9 +143,6 @@ def _run_kwargs(
     image: str, command: list[str], mounts: list[Mount], role: str, **extra: Any
 ) -> dict[str, Any]:
     return {
-        # No network unless the caller gives one: a config check or a
-        # version query needs none.
-        "network_mode": "none",
         **extra,
         "image": image,
         "command": command,
@@ -150,6 +150,35 @@ def _run_kwargs(
         "labels": {LABEL: RUN_ID, PID_LABEL: str(os.getpid()), f"{LABEL}.role": role},
         "name": f"dorkos-docs-{role}-{uuid.uuid4().hex[:8]}",
     }
+
+
+# Debian 12's Docker engine (20.10.24) can deadlock when one container's
+# network endpoint is created while another's is deleted (moby/moby#46661,
+# fixed in 20.10.27): every call to it then hangs. Here, the containers that
+# get an endpoint (a run's first container, on the "none" network, or one on
+# the host's) are started and removed one at a time; the others have none.
+_ENDPOINT_CHANGES = threading.Lock()
+
+
+# The hosts file Docker writes for a container on its "none" network.
+LOOPBACK_HOSTS = """127.0.0.1\tlocalhost
+::1\tlocalhost ip6-localhost ip6-loopback
+fe00::0\tip6-localnet
+ff00::0\tip6-mcastprefix
+ff02::1\tip6-allnodes
+ff02::2\tip6-allrouters
+"""
+
+
+@functools.cache
+def _loopback_hosts() -> Mount:
+    folder = Path(tempfile.mkdtemp(prefix="dorkos-docs-hosts-"))
+    (folder / "hosts").write_text(LOOPBACK_HOSTS)
+    return Mount(str(folder / "hosts"), "/etc/hosts")
+
+
+def _has_endpoint(options: dict[str, Any]) -> bool:
+    return options.get("network_mode") in ("none", "host")
 
 
 def run_to_completion(
@@ -161,7 +190,12 @@ def run_to_completion(
     timeout: float = 60.0,
 ) -> tuple[int, str]:
     """Run a one-off command (e.g. a config check); its exit code and output."""
-    container = client.containers.create(**_run_kwargs(image, command, mounts, role))
+    # No network: a config check or a version query needs none, not even
+    # an endpoint on Docker's "none" network (see _ENDPOINT_CHANGES). Docker
+    # then writes no hosts file, and a config naming `localhost` needs one.
+    container = client.containers.create(
+        **_run_kwargs(image, command, [*mounts, _loopback_hosts()], role, network_disabled=True)
+    )
     try:
         container.start()
         result = container.wait(timeout=timeout)
@@ -200,11 +234,16 @@ def running_container(
         container = client.containers.create(
             **_run_kwargs(image, command, mounts, role, **networking, **extra)
         )
-        _start_and_wait(container, role, network, ready, waiting_for, deadline)
+        _start_and_wait(
+            container, role, network, ready, waiting_for, deadline, _has_endpoint(networking)
+        )
         yield container
     finally:
         if container is not None:
-            with contextlib.suppress(docker.errors.NotFound):
+            with (
+                _ENDPOINT_CHANGES if _has_endpoint(networking) else contextlib.nullcontext(),
+                contextlib.suppress(docker.errors.NotFound),
+            ):
                 container.remove(force=True)
 
 
@@ -215,8 +254,10 @@ def _start_and_wait(
     ready: Callable[[], None],
     waiting_for: str,
     deadline: float,
+    has_endpoint: bool,
 ) -> None:
-    container.start()
+    with _ENDPOINT_CHANGES if has_endpoint else contextlib.nullcontext():
+        container.start()
     if network is not None:
         try:
             network.joined_by(container)
