@@ -132,19 +132,25 @@ class EventStream:
         self.response = response
         self._chunks = response.iter_bytes()
         self._buffer = ""
+        self._arrived = 0.0  # when the buffer's last chunk came
         # Every frame read so far, kept when a read times out so a test can
         # say how much arrived before it gave up.
         self.received: list[Frame] = []
 
     def frames(self) -> Iterator[Frame]:
-        for chunk in self._chunks:
-            arrived = time.monotonic()
-            self._buffer += chunk.decode().replace("\r\n", "\n")
+        # Frames left over from a chunk an earlier call stopped reading come
+        # first: they arrived with that chunk, and no more may come for a while.
+        while True:
             while "\n\n" in self._buffer:
                 block, self._buffer = self._buffer.split("\n\n", 1)
-                frame = parse_frame(block, arrived)
+                frame = parse_frame(block, self._arrived)
                 self.received.append(frame)
                 yield frame
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return
+            self._arrived = time.monotonic()
+            self._buffer += chunk.decode().replace("\r\n", "\n")
 
     def take(self, count: int, *, events_only: bool = True) -> list[Frame]:
         """The next `count` frames (not counting comments when events_only)."""
