@@ -62,8 +62,8 @@ bench: $(INSTALLED) host images
 soak: $(INSTALLED) host images
 	$(BIN)/python -m harness.soak --write
 
-## conformance: the mock against a real DorkOS (DORKOS_SOURCE: a built checkout; DORKOS_NODE: Node 22+); rewrites data/conformance.json
-conformance: $(INSTALLED)
+## conformance: the mock against a real DorkOS, then the published configs in front of it (DORKOS_SOURCE: a built checkout; DORKOS_NODE: Node 22+); rewrites data/conformance.json, data/behind-proxies.json
+conformance: $(INSTALLED) host images browser
 	$(BIN)/python -m harness.conformance --write
 
 ## lint / typecheck: ruff and mypy over the Python code; the CI workflow against its schema

@@ -28,11 +28,13 @@ at 127.0.0.1 and nothing else at all.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +46,7 @@ from harness.stream_checks import HELD_BACK_AFTER_S, new_session
 from harness.tls import SERVER_NAME
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Playwright
+    from playwright.sync_api import Browser, Page, Playwright
 
 # Debian's Chromium by default; DORKOS_DOCS_CHROMIUM names another Chromium
 # (Google Chrome on a CI runner, say).
@@ -136,6 +138,136 @@ async ({session, sseSession, room, events, waitMs}) => {
 """
 
 
+# Runs in the page: a message sent as the app sends it, and the reply on the
+# session's socket, which the page opens first as the app does.
+REPLY_SCRIPT = """
+async ({session, message, waitMs}) => {
+  const url = new URL(`/api/sessions/${session}/events`, location.href);
+  url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return await new Promise((resolve) => {
+    const got = {events: [], text: '', opened: false};
+    let posting = null;
+    const ws = new WebSocket(url.href);
+    const done = (extra) => { clearTimeout(timer); ws.close(); resolve({...got, ...extra}); };
+    const timer = setTimeout(() => done({timedOut: true}), waitMs);
+    ws.onopen = () => { got.opened = true; };
+    ws.onclose = (closed) => done({closeCode: closed.code});
+    ws.onmessage = async (received) => {
+      const frame = JSON.parse(received.data);
+      if (frame.event === '__heartbeat') return;
+      got.events.push(frame.event);
+      if (frame.event === 'snapshot') {
+        posting = fetch(`/api/sessions/${session}/messages`, {
+          method: 'POST', headers: {'Content-Type': 'application/json'},
+          body: JSON.stringify({content: message}),
+        }).then((sent) => sent.status);
+      } else if (frame.event === 'text_delta') {
+        got.text += frame.data?.text ?? '';
+      } else if (frame.event === 'turn_end') {
+        // The reply can come before the POST's own answer does.
+        got.posted = await posting;
+        done({});
+      }
+    };
+  });
+}
+"""
+
+
+def check_app_replies(endpoint: Endpoint, reply_text: str) -> str:
+    """DorkOS's page starts, opens its own stream, and a message gets its reply.
+
+    For a DorkOS that can't be scripted (a real one, in `make conformance`)
+    as for the mock: the app's page and assets, the socket the app's own
+    script opens to /api/events, and a message sent from the page with the
+    reply read off the session's socket.
+    """
+    require_chromium()
+    arguments = {"session": str(uuid.uuid4()), "message": "hi", "waitMs": STREAM_WAIT_S * 1000}
+    with _AT_ONCE, tempfile.TemporaryDirectory(prefix="chromium-home-") as home:
+        _trust(endpoint.target.ca_file, Path(home))
+        seen, console = _open_app(endpoint, Path(home), arguments)
+    problems = []
+    failed_assets = [a for a in seen["assets"] if not a.endswith(" 200")]
+    if failed_assets or not seen["assets"]:
+        problems.append(f"the app's assets: {', '.join(seen['assets']) or 'none requested'}")
+    if not seen["app_socket"]:
+        problems.append(f"the app's own socket to /api/events {seen['app_socket_ending']}")
+    reply = seen["reply"]
+    if (
+        reply.get("posted") != 202
+        or reply_text not in reply["text"]
+        or "turn_end" not in (reply["events"])
+    ):
+        problems.append(
+            f"a message from the page was answered {reply.get('posted')}, and its session's "
+            f"socket brought {reply['events']} (text {reply['text']!r}), "
+            f"{_ending(reply) if 'turn_end' not in reply['events'] else 'without the reply'}"
+        )
+    if problems:
+        raise violation(
+            endpoint,
+            f"DorkOS's app in Chromium: {'; '.join(problems)}. Console errors: {console or 'none'}",
+        )
+    return (
+        f"{len(seen['assets'])} assets 200; the app's socket got {seen['app_socket']}; "
+        f"a message's reply: {' '.join(dict.fromkeys(reply['events']))}"
+    )
+
+
+def _open_app(
+    endpoint: Endpoint, home: Path, arguments: dict[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    from playwright.sync_api import WebSocket, sync_playwright
+
+    console: list[str] = []
+    assets: list[str] = []
+    app_socket: list[str] = []  # the first frames of the app's own /api/events socket
+    endings: list[str] = []
+    created: list[str] = []
+    with sync_playwright() as playwright:
+        browser = launch(playwright, home, f"--host-resolver-rules=MAP {SERVER_NAME} 127.0.0.1")
+        try:
+            page = browser.new_page()
+            _watch(page, console, assets)
+
+            def watch(socket: WebSocket) -> None:
+                if urlsplit(socket.url).path != "/api/events":
+                    return
+                created.append(socket.url)
+                socket.on("framereceived", lambda frame: app_socket.append(_event_of(frame)))
+                socket.on("close", lambda _: endings.append("closed"))
+                socket.on("socketerror", lambda error: endings.append(f"failed: {error}"))
+
+            page.on("websocket", watch)
+            page.goto(f"{endpoint.target.origin}/", timeout=LAUNCH_WAIT_S * 1000)
+            page.wait_for_load_state("load")
+            reply: dict[str, Any] = page.evaluate(REPLY_SCRIPT, arguments)
+            # The app opens its socket as it starts; wait for its first frame
+            # (or its end), pumping the browser's events meanwhile.
+            deadline = time.monotonic() + STREAM_WAIT_S
+            while not app_socket and not endings and time.monotonic() < deadline:
+                page.wait_for_timeout(100)
+        finally:
+            browser.close()
+    ending = ", ".join(endings) or (
+        f"opened, then nothing for {STREAM_WAIT_S:.0f} s" if created else "was never opened"
+    )
+    return {
+        "assets": sorted(assets),
+        "app_socket": ", ".join(dict.fromkeys(app_socket[:3])),
+        "app_socket_ending": ending if not app_socket else "",
+        "reply": reply,
+    }, console
+
+
+def _event_of(frame: str | bytes) -> str:
+    try:
+        return str(json.loads(frame).get("event"))
+    except (ValueError, AttributeError):
+        return "a frame that is not JSON"
+
+
 class BrowserUnavailable(RuntimeError):
     pass
 
@@ -203,19 +335,8 @@ def _open_page(
         browser = launch(playwright, home, f"--host-resolver-rules=MAP {SERVER_NAME} 127.0.0.1")
         try:
             page = browser.new_page()
-            page.on(
-                "console",
-                lambda message: console.append(message.text) if message.type == "error" else None,
-            )
             assets: list[str] = []
-            page.on(
-                "response",
-                lambda response: (
-                    assets.append(f"{urlsplit(response.url).path} answered {response.status}")
-                    if urlsplit(response.url).path.startswith("/assets/")
-                    else None
-                ),
-            )
+            _watch(page, console, assets)
             page.goto(f"{endpoint.target.origin}/", timeout=LAUNCH_WAIT_S * 1000)
             # The app's own script marks the page as started; with it refused
             # (a 500 to the Origin its crossorigin load sends), the page is blank.
@@ -225,6 +346,22 @@ def _open_page(
         finally:
             browser.close()
     return seen, console
+
+
+def _watch(page: Page, console: list[str], assets: list[str]) -> None:
+    """Collect the page's console errors, and how each of the app's assets was answered."""
+    page.on(
+        "console",
+        lambda message: console.append(message.text) if message.type == "error" else None,
+    )
+    page.on(
+        "response",
+        lambda response: (
+            assets.append(f"{urlsplit(response.url).path} answered {response.status}")
+            if urlsplit(response.url).path.startswith("/assets/")
+            else None
+        ),
+    )
 
 
 def _problems(seen: dict[str, Any]) -> list[str]:

@@ -51,6 +51,15 @@ SUMMARY_FILE = REPO_ROOT / "generated" / "conformance-summary.md"
 TRUSTED = "dorkos.example.com"
 PAGE_ORIGIN = f"https://{TRUSTED}"
 UNTRUSTED = "evil.example.com"
+
+
+def _broadcast(frame: Frame) -> bool:
+    """An event with a JSON object for data: what DorkOS's global stream
+    broadcasts as sessions change (`session_status`, `notification`), here
+    from the turns of the checks that run beside the heartbeat checks."""
+    return frame.event not in (None, HEARTBEAT_EVENT) and (frame.data or "").startswith("{")
+
+
 # After a stream's first frame, this many frames are watched for, each within
 # HEARTBEAT_WAIT_S: DorkOS's 15 s heartbeat period, and a margin far from it.
 FRAMES_WATCHED = 2
@@ -246,9 +255,10 @@ def sse_heartbeats(route: str) -> Observe:
                 return f"no stream: {stream.response.status_code}"
             stream.take(1, events_only=False)
             with contextlib.suppress(httpx.ReadTimeout):
-                for _ in range(FRAMES_WATCHED):
+                while len(seen) < FRAMES_WATCHED:
                     (frame,) = stream.take(1, events_only=False)
-                    seen.append(f"{_frame_kind(frame)} at {_at(frame.arrived - opened)}")
+                    if not _broadcast(frame):
+                        seen.append(f"{_frame_kind(frame)} at {_at(frame.arrived - opened)}")
         return _watched(seen)
 
     return observe
@@ -312,8 +322,10 @@ def socket_heartbeats(route: str) -> Observe:
             opened = time.monotonic()
             sock.take(1, timeout=ANSWER_S, events_only=False)
             with contextlib.suppress(TimeoutError):
-                for _ in range(FRAMES_WATCHED):
+                while len(seen) < FRAMES_WATCHED:
                     (frame,) = sock.take(1, timeout=HEARTBEAT_WAIT_S, events_only=False)
+                    if _broadcast(frame):
+                        continue
                     shown = (
                         f"`{HEARTBEAT_EVENT}`"
                         if frame.event == HEARTBEAT_EVENT
@@ -381,6 +393,107 @@ def stale_cursor(upstream: Upstream) -> str:
     return f"SSE: {over_sse}; socket: {over_socket.split(', then ')[-1]}"
 
 
+# -- a turn: DorkOS's test runtime answering a message -------------------------
+
+
+def _turn(upstream: Upstream, transport: str, session: str) -> list[Frame]:
+    """Open the session's stream, send a message, and take its turn's events."""
+    path = ROUTES["session"].format(id=session)
+
+    def send() -> None:
+        with upstream.client() as client:
+            sent = client.post(
+                f"/api/sessions/{session}/messages",
+                json={"content": "hi"},
+                headers={"Host": TRUSTED},
+            )
+        if sent.status_code != 202:
+            raise RuntimeError(f"POST of a message answered {_answer(sent)}")
+
+    if transport == "SSE":
+        with open_stream(upstream.target(), path, read_timeout=ANSWER_S) as stream:
+            stream.take(1)
+            send()
+            return _until_turn_end(lambda: stream.take(1)[0])
+    with open_socket(
+        upstream.target(),
+        path,
+        timeout=ANSWER_S,
+        origin=PAGE_ORIGIN,
+        headers={"X-Forwarded-Proto": "https"},
+        authority=TRUSTED,
+    ) as sock:
+        sock.take(1, timeout=ANSWER_S)
+        send()
+        return _until_turn_end(lambda: sock.take(1, timeout=ANSWER_S)[0])
+
+
+def _until_turn_end(take: Callable[[], Frame]) -> list[Frame]:
+    frames = [take()]
+    while frames[-1].event != "turn_end" and len(frames) < 50:
+        frames.append(take())
+    return frames
+
+
+def _events(frames: list[Frame]) -> str:
+    shown = []
+    for frame in frames:
+        text = json.loads(frame.data or "{}").get("text") if frame.event == "text_delta" else None
+        shown.append(f"`{frame.event}`" + (f" {text!r}" if text else ""))
+    ids = {bool(f.event_id) for f in frames}
+    return ", ".join(shown) + ("; each with an id" if ids == {True} else "; not all with an id")
+
+
+def reply(transport: str) -> Observe:
+    def observe(upstream: Upstream) -> str:
+        return "202; then " + _events(_turn(upstream, transport, str(uuid.uuid4())))
+
+    return observe
+
+
+def resume(transport: str) -> Observe:
+    """Back on the stream with the third event's id as the cursor."""
+
+    def observe(upstream: Upstream) -> str:
+        session = str(uuid.uuid4())
+        frames = _turn(upstream, transport, session)
+        cursor = frames[2].event_id or ""
+        path = ROUTES["session"].format(id=session)
+        if transport == "SSE":
+            with open_stream(
+                upstream.target(), path, headers={"Last-Event-ID": cursor}, read_timeout=ANSWER_S
+            ) as stream:
+                again = _until_turn_end(lambda: stream.take(1)[0])
+        else:
+            with open_socket(
+                upstream.target(),
+                f"{path}?resume={cursor}",
+                timeout=ANSWER_S,
+                origin=PAGE_ORIGIN,
+                headers={"X-Forwarded-Proto": "https"},
+                authority=TRUSTED,
+            ) as sock:
+                again = _until_turn_end(lambda: sock.take(1, timeout=ANSWER_S)[0])
+        numbers = [frames.index(f) + 1 for f in frames for a in again if a.event_id == f.event_id]
+        return f"events {', '.join(map(str, numbers)) or 'none'} of the turn again: " + _events(
+            again
+        )
+
+    return observe
+
+
+def snapshot_after_turn(upstream: Upstream) -> str:
+    session = str(uuid.uuid4())
+    _turn(upstream, "SSE", session)
+    path = ROUTES["session"].format(id=session)
+    with open_stream(upstream.target(), path, read_timeout=ANSWER_S) as stream:
+        (snapshot,) = stream.take(1)
+    messages = json.loads(snapshot.data or "{}").get("messages", [])
+    return f"`{snapshot.event}` with messages: " + "; ".join(
+        f"{m.get('role')} {m.get('content')!r}" for m in messages
+    )
+
+
 # -- the guards ----------------------------------------------------------------
 
 
@@ -440,13 +553,18 @@ class _Assets(html.parser.HTMLParser):
             self.found.append(("stylesheet", str(named["href"]), "crossorigin" in named))
 
 
+def page_assets(page: str) -> list[tuple[str, str, bool]]:
+    """The app's own script and stylesheets a page loads: (kind, path, crossorigin)."""
+    parser = _Assets()
+    parser.feed(page)
+    return [asset for asset in parser.found if asset[1].startswith("/")]
+
+
 def app_assets(upstream: Upstream) -> str:
     """The app's page and the assets it loads, as Chromium asks for them."""
     with upstream.client() as client:
         page = client.get("/", headers={"Host": TRUSTED})
-        parser = _Assets()
-        parser.feed(page.text)
-        assets = [a for a in parser.found if a[1].startswith("/")]
+        assets = page_assets(page.text)
         kinds = ", ".join(
             f"{kind} {'with' if cross else 'without'} crossorigin" for kind, _, cross in assets
         )
@@ -537,6 +655,17 @@ BEHAVIOURS: tuple[Behaviour, ...] = (
     Behaviour("socket-refusals", "Sockets DorkOS refuses", socket_refusals),
     Behaviour("terminal", "Terminal socket", terminal),
     Behaviour("stale-cursor", "Resume from a cursor of another server start", stale_cursor),
+    *(
+        Behaviour(f"reply-{t.lower()}", f"A message's turn, on the session's {t}", reply(t))
+        for t in ("SSE", "socket")
+    ),
+    *(
+        Behaviour(
+            f"resume-{t.lower()}", f"Back on the session's {t} from the turn's 3rd id", resume(t)
+        )
+        for t in ("SSE", "socket")
+    ),
+    Behaviour("snapshot-after-turn", "A new stream's snapshot after a turn", snapshot_after_turn),
     Behaviour("host-guard", "Host guard (login off)", host_guard),
     Behaviour("origin-http", "GET /api/health with the page's Origin", origin_on_http),
     Behaviour("app-assets", "The app's page and its assets", app_assets),
@@ -608,7 +737,14 @@ def render(data: dict[str, Any]) -> str:
 
 
 def render_summary(data: dict[str, Any]) -> str:
-    """The line the Tested with page gives: which DorkOS the mock answers as."""
+    """What the Tested with page says: which DorkOS the mock answers as, and
+    which DorkOS the published configs last ran in front of."""
+    from harness import behind_proxies
+
+    return _mock_summary(data) + "\n" + behind_proxies.summary(behind_proxies.load())
+
+
+def _mock_summary(data: dict[str, Any]) -> str:
     about = data["dorkos"]
     total = len(data["behaviours"])
     same = sum(row["mock"] == row["dorkos"] for row in data["behaviours"])
@@ -626,14 +762,13 @@ def _cell(text: str) -> str:
     return re.sub(r"; (?!charset=)", "<br>", text.replace("|", "\\|"))
 
 
-def write(data: dict[str, Any]) -> None:
-    DATA_FILE.write_text(json.dumps(data, indent=2) + "\n")
-    render_files(data)
-
-
 def render_files(data: dict[str, Any]) -> None:
+    """generated/: the mock against DorkOS, and the configs in front of DorkOS."""
+    from harness import behind_proxies
+
     TABLE_FILE.write_text(render(data))
     SUMMARY_FILE.write_text(render_summary(data))
+    behind_proxies.TABLE_FILE.write_text(behind_proxies.render(behind_proxies.load()))
 
 
 @contextlib.contextmanager
@@ -648,9 +783,12 @@ def mock_upstream() -> Iterator[Upstream]:
 def main() -> None:
     """`make conformance`: DorkOS and the mock, side by side; writes what they answered."""
     import argparse
+    import signal
     import sys
+    import tempfile
+    from pathlib import Path
 
-    from harness import real_dorkos
+    from harness import behind_proxies, real_dorkos
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--write", action="store_true", help="rewrite data/ and generated/")
@@ -662,6 +800,9 @@ def main() -> None:
     if args.render:
         render_files(load())
         return
+    # Stopped from outside: leave through the `finally`s, which stop every
+    # DorkOS and proxy this run started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         build = real_dorkos.find_build()
         dorkos = real_dorkos.with_dorkos(build, args.port, observe_all)
@@ -679,9 +820,19 @@ def main() -> None:
     for row in data["behaviours"]:
         same = "same" if row["dorkos"] == row["mock"] else "DIFFERENT"
         print(f"{same:9} {row['name']}\n  DorkOS: {row['dorkos']}\n  mock:   {row['mock']}")
+    with tempfile.TemporaryDirectory(prefix="conformance-") as workdir:
+        in_front = behind_proxies.in_front_of(build, about, Path(workdir))
     if args.write:
-        write(data)
-        print(f"wrote {DATA_FILE.relative_to(REPO_ROOT)} and {TABLE_FILE.relative_to(REPO_ROOT)}")
+        DATA_FILE.write_text(json.dumps(data, indent=2) + "\n")
+        behind_proxies.write(in_front)
+        render_files(data)
+        print(
+            f"wrote {DATA_FILE.relative_to(REPO_ROOT)}, {behind_proxies.DATA_FILE.name} and "
+            f"generated/"
+        )
+    failed = [n for run in in_front["runs"] for n, o in run["checks"].items() if not o["passed"]]
+    if failed:
+        sys.exit(f"make conformance: through the published configs, {failed} failed")
 
 
 if __name__ == "__main__":

@@ -211,6 +211,8 @@ class MockDorkOS:
         self.records: list[RequestRecord] = []
         self._records_lock = threading.Lock()
         self._logs: dict[str, ResourceLog] = {}
+        self._replies: set[asyncio.Future[None]] = set()  # turns under way
+        self._messages: dict[str, list[dict[str, str]]] = {}  # each session's history
         self._rooms: set[str] = set()
         self._global_readers = 0
         self._sign_in_attempts: dict[str, list[float]] = {}
@@ -577,10 +579,40 @@ class MockDorkOS:
         if len(body) > JSON_BODY_LIMIT:
             return await self._send_json(record, writer, 413, {"error": "too large"})
         try:
-            json.loads(body or b"null")
+            message = json.loads(body or b"null")
         except ValueError:
             return await self._send_json(record, writer, 400, {"error": "invalid JSON"})
-        return await self._send_json(record, writer, 202, {"accepted": True, "bytes": len(body)})
+        session = record.path.strip("/").split("/")[2]
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str) and content:
+            reply = asyncio.ensure_future(self._reply(session, content))
+            self._replies.add(reply)
+            reply.add_done_callback(self._replies.discard)
+        answer = {"sessionId": session, "messageId": str(uuid.uuid4()), "bytes": len(body)}
+        return await self._send_json(record, writer, 202, answer)
+
+    async def _reply(self, session: str, content: str) -> None:
+        """DorkOS's test runtime (DORKOS_TEST_RUNTIME) answering a message: one turn."""
+        queued = {"id": str(uuid.uuid4()), "content": content, "disposition": "queue"}
+        for event, payload in (
+            ("status_change", {"status": {"steerable": False}}),
+            ("queue_update", {"queue": [queued]}),
+            ("turn_start", {"userMessage": content}),
+            ("queue_update", {"queue": []}),
+            ("status_change", {"status": {"model": "claude-haiku-4-5"}}),
+            ("text_delta", {"text": f"Echo: {content}"}),
+            ("turn_end", {}),
+        ):
+            seq = await self._publish(session, event, {"type": event, **payload})
+            if event == "turn_start":
+                turn = seq.rsplit("-", 1)[-1]
+        # The session's history, which a new stream's snapshot carries.
+        self._messages.setdefault(session, []).extend(
+            [
+                {"id": f"user-{turn}", "role": "user", "content": content},
+                {"id": f"assistant-{turn}", "role": "assistant", "content": f"Echo: {content}"},
+            ]
+        )
 
     def _guard(self, record: RequestRecord) -> tuple[int, dict[str, str]] | None:
         settings = self.settings
@@ -761,7 +793,10 @@ class MockDorkOS:
             filler = "x" * max(0, settings.snapshot_bytes - 100)
             key = "sessionId" if kind == "session" else "roomId"
             return StreamFrame(
-                "snapshot", json.dumps({key: resource, "messages": [], "history": filler})
+                "snapshot",
+                json.dumps(
+                    {key: resource, "messages": self._messages.get(resource, []), "history": filler}
+                ),
             )
 
         await deliver(
@@ -999,11 +1034,19 @@ INDEX_HTML = f"""<!doctype html>
 </head>
 <body><div id="root">DorkOS</div></body></html>
 """.encode()
+# What the app's script does first: mark the page, and open the global
+# stream's socket, as DorkOS's app does as it starts.
+APP_JS = b"""window.dorkosApp = "started";
+document.getElementById("root").dataset.app = "started";
+const events = new URL("/api/events", location.href);
+events.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+window.dorkosEvents = new WebSocket(events.href);
+"""
 APP_FILES = {
     "/index.html": ("text/html; charset=UTF-8", INDEX_HTML),
     APP_SCRIPT: (
         "text/javascript; charset=UTF-8",
-        b'window.dorkosApp = "started"; document.getElementById("root").dataset.app = "started";\n',
+        APP_JS,
     ),
     APP_STYLESHEET: ("text/css; charset=UTF-8", b"#root { min-height: 100vh; }\n"),
 }

@@ -27,11 +27,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
 from harness.conformance import TRUSTED, Upstream
+from harness.netns import PrivateNetwork
 from harness.proxies import REPO_ROOT
 
 NODE_MAJOR_NEEDED = 22
@@ -152,8 +153,15 @@ def _from_npm() -> DorkosBuild | None:
 
 
 @contextlib.contextmanager
-def running(build: DorkosBuild, *, port: int) -> Iterator[Upstream]:
-    """DorkOS serving `localhost:port` until the block ends; its Upstream."""
+def running(
+    build: DorkosBuild, *, port: int, network: PrivateNetwork | None = None
+) -> Iterator[Upstream]:
+    """DorkOS serving `localhost:port` until the block ends; its Upstream.
+
+    In `network`, if given: a proxy run's private network, where the
+    published configs find it as localhost:4242.
+    """
+    inside: Callable[..., Any] = network.call if network else (lambda f, *a, **k: f(*a, **k))
     node = find_node()
     home = Path(tempfile.mkdtemp(prefix="dork-home-"))
     (home / "work").mkdir()
@@ -175,7 +183,9 @@ def running(build: DorkosBuild, *, port: int) -> Iterator[Upstream]:
     if build.client_dist is not None:
         env["CLIENT_DIST_PATH"] = str(build.client_dist)
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(
+        # Started from a thread inside `network`: the process lives there.
+        process = inside(
+            subprocess.Popen,
             [str(node), str(build.entry)],
             cwd=home,
             env=env,
@@ -184,14 +194,19 @@ def running(build: DorkosBuild, *, port: int) -> Iterator[Upstream]:
             start_new_session=True,
         )
     try:
-        host = _wait_until_ready(process, port, log_path)
+        host = inside(_wait_until_ready, process, port, log_path)
         yield Upstream(build.label, host, port)
     finally:
         _stop(process)
         shutil.rmtree(home, ignore_errors=True)
 
 
-def with_dorkos(build: DorkosBuild, port: int, work: Callable[[Upstream], T]) -> T:
+def with_dorkos(
+    build: DorkosBuild,
+    port: int,
+    work: Callable[[Upstream], T],
+    network: PrivateNetwork | None = None,
+) -> T:
     """`work` done against a DorkOS started for it, started again if it crashes at start.
 
     DorkOS 0.62 built on Node 24 here aborts during start-up about half the
@@ -203,7 +218,7 @@ def with_dorkos(build: DorkosBuild, port: int, work: Callable[[Upstream], T]) ->
     crashes = []
     for _ in range(START_ATTEMPTS):
         try:
-            with running(build, port=port) as upstream:
+            with running(build, port=port, network=network) as upstream:
                 print(f"{build.label} ({build.source}) answers on {upstream.base_url}", flush=True)
                 return work(upstream)
         except DorkosCrashed as crash:

@@ -146,3 +146,12 @@ def variants_for(text: str, proxy: str) -> list[Variant]:
         *(Variant(f"without {d}", removes=d) for d in directives(text, proxy)),
         *ADDITIONS[proxy],
     ]
+
+
+def recommended_variant(proxy: str, name: str) -> str:
+    """The text of one named variant of a proxy's recommended snippet."""
+    from harness.proxies import RECOMMENDED_SNIPPETS, REPO_ROOT
+
+    text = (REPO_ROOT / RECOMMENDED_SNIPPETS[proxy]).read_text()
+    (variant,) = [v for v in variants_for(text, proxy) if v.name == name]
+    return variant.render(text, proxy)

@@ -24,7 +24,7 @@ from harness.lab import ProxyLab
 from harness.mock_dorkos import Listening, MockDorkOS, MockSettings
 from harness.proxies import NGINX_EVENTS_SNIPPET, RECOMMENDED_SNIPPETS, REPO_ROOT
 from harness.tls import SERVER_NAME
-from harness.variants import AS_PUBLISHED, variants_for
+from harness.variants import AS_PUBLISHED, recommended_variant
 
 # The one measurement run (every variant on every proxy version, a minute of
 # silence each, all side by side) starts when the lab opens; the first test
@@ -245,12 +245,6 @@ def test_debian_events_block_runs_out_before_500_streams_on_one_core(
 # -- WebSockets: "The app loads but replies never appear", and ports.
 
 
-def _variant_text(proxy: str, name: str) -> str:
-    text = (REPO_ROOT / RECOMMENDED_SNIPPETS[proxy]).read_text()
-    (variant,) = [v for v in variants_for(text, proxy) if v.name == name]
-    return variant.render(text, proxy)
-
-
 def _outcomes(
     lab: ProxyLab, runs: list[tuple[ProxyImage, str, str]], checks: Mapping[str, Check], **run: Any
 ) -> dict[tuple[str, str], dict[str, str]]:
@@ -274,7 +268,7 @@ def _outcomes(
 
 
 def measure_sse_recipe_in_chromium(lab: ProxyLab) -> dict[tuple[str, str], dict[str, str]]:
-    old = _variant_text("nginx", "with Connection ''")
+    old = recommended_variant("nginx", "with Connection ''")
     runs = [(image, "Connection ''", old) for image in lab.images_for("nginx")]
     checks = {"chromium": browser.check_in_chromium}
     return _outcomes(lab, runs, checks, events=NGINX_EVENTS_SNIPPET)
