@@ -206,6 +206,40 @@ def test_page_has_no_console_errors_and_its_links_resolve(
     assert broken == [], f"{page.name}: links that go nowhere: {sorted(set(broken))}"
 
 
+# A reader's laptop: Material's three columns, the text's about 690 px wide.
+DESKTOP_WIDTH = 1280
+# A raw exception on a page, as a measurement's failure might publish one.
+_EXCEPTION = re.compile(r"\b\w+(Error|Exception): |Traceback \(most recent call last\)")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_page_fits_the_screen_and_shows_no_exception(
+    chromium: object, served: str, built_site: Path, page: Path
+) -> None:
+    """At 1280 px no table is wider than the text column, and no page shows a raw exception."""
+    url = urljoin(served, str(page_html(built_site, page).relative_to(built_site)))
+    with opened(chromium, url) as (browser_page, _):
+        browser_page.set_viewport_size({"width": DESKTOP_WIDTH, "height": 900})  # type: ignore[attr-defined]
+        column, tables, text = browser_page.evaluate(  # type: ignore[attr-defined]
+            """() => {
+              const article = document.querySelector('article');
+              const tables = [...article.querySelectorAll('table')].map((t) => [
+                Math.round(t.getBoundingClientRect().width),
+                (t.rows[0]?.innerText ?? '').replace(/\\s+/g, ' ').trim().slice(0, 60),
+              ]);
+              return [article.clientWidth, tables, article.innerText];
+            }"""
+        )
+    wide = [f"{width} px: {head!r}" for width, head in tables if width > column]
+    assert not wide, (
+        f"{page.name}: tables wider than the {column} px column at {DESKTOP_WIDTH} px: {wide}"
+    )
+    shown = _EXCEPTION.search(text)
+    assert shown is None, (
+        f"{page.name} shows an exception: {text[shown.start() : shown.start() + 120]!r}"
+    )
+
+
 def test_every_tab_shows_its_own_content(chromium: object, served: str, built_site: Path) -> None:
     page = REPO_ROOT / "docs" / "reverse-proxy.md"
     url = urljoin(served, str(page_html(built_site, page).relative_to(built_site)))
