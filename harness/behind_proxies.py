@@ -43,13 +43,14 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from harness import browser, real_dorkos
-from harness.conformance import page_assets
+from harness.conformance import page_assets, until_turn_ends
 from harness.contract import Property, run_contract
 from harness.endpoints import ContractViolation, Endpoint, violation
 from harness.images import ProxyImage
 from harness.proxies import RECOMMENDED_SNIPPETS, REPO_ROOT, RunningProxy
 from harness.sse_client import EventStream, Frame, open_stream
 from harness.stream_checks import StreamEnded
+from harness.tested_with import PROXY_NAMES
 from harness.ws_client import (
     HEARTBEAT_EVENT,
     HandshakeRefused,
@@ -81,7 +82,6 @@ SOCKET_STOPS = (TimeoutError, SocketClosed)
 MESSAGE = "hi"
 REPLY_TEXT = f"Echo: {MESSAGE}"
 TURN_ENDS = "turn_end"
-REPLY_EVENTS_AT_MOST = 50
 # DorkOS's sign-in limit: attempts per client address in 15 minutes.
 SIGNIN_LIMIT = 10
 
@@ -111,17 +111,9 @@ class Outcome:
 # -- heartbeats ------------------------------------------------------------
 
 
-def _next_event(stream: EventStream) -> Frame:
-    """The next event (not a comment) of an SSE stream."""
-    taken = stream.take(1)
-    if not taken:
-        raise StreamEnded("the response ended")
-    return taken[0]
-
-
-def _next_frame(stream: EventStream) -> Frame:
-    """The next frame of an SSE stream, comments included."""
-    taken = stream.take(1, events_only=False)
+def _next(stream: EventStream, *, events_only: bool = True) -> Frame:
+    """The next event of an SSE stream (or frame, comments included)."""
+    taken = stream.take(1, events_only=events_only)
     if not taken:
         raise StreamEnded("the response ended")
     return taken[0]
@@ -152,10 +144,10 @@ def sse_heartbeats(endpoint: Endpoint) -> str:
             raise violation(
                 endpoint, f"SSE: GET /api/events answered {stream.response.status_code}"
             )
-        arrivals.append(_next_event(stream).arrived)
+        arrivals.append(_next(stream).arrived)
         with contextlib.suppress(httpx.ReadTimeout, httpx.RemoteProtocolError, StreamEnded):
             for _ in range(HEARTBEATS_WATCHED):
-                arrivals.append(_next_event(stream).arrived)
+                arrivals.append(_next(stream).arrived)
     return _heartbeats_within_bound(endpoint, "SSE", arrivals)
 
 
@@ -229,26 +221,6 @@ def _reply_in(endpoint: Endpoint, transport: str, frames: list[Frame]) -> str:
     return f"{transport}: {' '.join(dict.fromkeys(n for n in names if n))}"
 
 
-def _until_turn_ends(take: Callable[[], Frame]) -> list[Frame]:
-    """The session's frames until its turn ends, within ANSWER_S of the message.
-
-    Heartbeats keep coming whether or not a reply does, so the bound is on
-    the whole wait, not on each frame.
-    """
-    frames: list[Frame] = []
-    deadline = time.monotonic() + ANSWER_S
-    while time.monotonic() < deadline and len(frames) < REPLY_EVENTS_AT_MOST:
-        frame = take()
-        if frame.event in (None, HEARTBEAT_EVENT):
-            continue  # a comment or a heartbeat, not the reply
-        frames.append(frame)
-        if frame.event == TURN_ENDS:
-            return frames
-    raise TimeoutError(
-        f"no `{TURN_ENDS}` within {ANSWER_S:.0f} s of the message; got {[f.event for f in frames]}"
-    )
-
-
 def reply(endpoint: Endpoint) -> str:
     """A message sent through the proxy, answered on the session's stream."""
     seen = []
@@ -256,14 +228,14 @@ def reply(endpoint: Endpoint) -> str:
     path = f"/api/sessions/{session}/events"
     with open_stream(endpoint.target, path, read_timeout=ANSWER_S) as stream:
         try:
-            _next_event(stream)  # the snapshot: subscribed
+            _next(stream)  # the snapshot: subscribed
         except (httpx.ReadTimeout, httpx.RemoteProtocolError, StreamEnded) as error:
             raise violation(
                 endpoint, f"SSE: no reply: not even the snapshot came in {ANSWER_S:.0f} s"
             ) from error
         _send_message(endpoint, session)
         try:
-            frames = _until_turn_ends(lambda: _next_frame(stream))
+            frames = until_turn_ends(lambda: _next(stream, events_only=False), ANSWER_S)
         except (TimeoutError, httpx.ReadTimeout, httpx.RemoteProtocolError, StreamEnded) as error:
             raise violation(endpoint, f"SSE: no reply ({error})") from error
         seen.append(_reply_in(endpoint, "SSE", frames))
@@ -275,7 +247,9 @@ def reply(endpoint: Endpoint) -> str:
             raise violation(endpoint, f"socket: no reply: no snapshot ({error!r})") from error
         _send_message(endpoint, session)
         try:
-            frames = _until_turn_ends(lambda: sock.take(1, timeout=ANSWER_S, events_only=False)[0])
+            frames = until_turn_ends(
+                lambda: sock.take(1, timeout=ANSWER_S, events_only=False)[0], ANSWER_S
+            )
         except (TimeoutError, SocketClosed) as error:
             raise violation(endpoint, f"socket: no reply ({error})") from error
         seen.append(_reply_in(endpoint, "socket", frames))
@@ -287,7 +261,6 @@ def reply(endpoint: Endpoint) -> str:
 
 def quiet_streams_survive(endpoint: Endpoint) -> str:
     """/api/events open for 75 s over both transports, kept alive by heartbeats alone."""
-    kept = []
     deadline = time.monotonic() + QUIET_STREAM_S
     with (
         open_stream(endpoint.target, "/api/events", read_timeout=HEARTBEAT_BOUND_S) as stream,
@@ -296,7 +269,7 @@ def quiet_streams_survive(endpoint: Endpoint) -> str:
         frames = {"SSE": 0, "socket": 0}
         try:
             while time.monotonic() < deadline:
-                _next_event(stream)
+                _next(stream)
                 frames["SSE"] += 1
                 sock.take(1, timeout=HEARTBEAT_BOUND_S, events_only=False)
                 frames["socket"] += 1
@@ -457,7 +430,7 @@ def record_run(
     return {
         "config": snippet,
         "sha256": snippet_hash(snippet),
-        "proxy": f"{image.description.split()[0]} {version}",
+        "proxy": f"{PROXY_NAMES[image.proxy]} {version}",
         "checks": {name: {"passed": o.passed, "summary": o.summary} for name, o in found.items()},
     }
 
@@ -554,5 +527,5 @@ def in_front_of(build: DorkosBuild, about: dict[str, str], workdir: Path) -> dic
 
 
 def write(data: dict[str, Any]) -> None:
+    """data/: what the run found (conformance.render_files writes its table)."""
     DATA_FILE.write_text(json.dumps(data, indent=2) + "\n")
-    TABLE_FILE.write_text(render(data))

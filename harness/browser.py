@@ -28,6 +28,7 @@ at 127.0.0.1 and nothing else at all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -46,7 +48,7 @@ from harness.stream_checks import HELD_BACK_AFTER_S, new_session
 from harness.tls import SERVER_NAME
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page, Playwright
+    from playwright.sync_api import Browser, Page, Playwright, WebSocket
 
 # Debian's Chromium by default; DORKOS_DOCS_CHROMIUM names another Chromium
 # (Google Chrome on a CI runner, say).
@@ -182,11 +184,8 @@ def check_app_replies(endpoint: Endpoint, reply_text: str) -> str:
     script opens to /api/events, and a message sent from the page with the
     reply read off the session's socket.
     """
-    require_chromium()
     arguments = {"session": str(uuid.uuid4()), "message": "hi", "waitMs": STREAM_WAIT_S * 1000}
-    with _AT_ONCE, tempfile.TemporaryDirectory(prefix="chromium-home-") as home:
-        _trust(endpoint.target.ca_file, Path(home))
-        seen, console = _open_app(endpoint, Path(home), arguments)
+    seen, console = _open_app(endpoint, arguments)
     problems = []
     failed_assets = [a for a in seen["assets"] if not a.endswith(" 200")]
     if failed_assets or not seen["assets"]:
@@ -215,41 +214,30 @@ def check_app_replies(endpoint: Endpoint, reply_text: str) -> str:
     )
 
 
-def _open_app(
-    endpoint: Endpoint, home: Path, arguments: dict[str, Any]
-) -> tuple[dict[str, Any], list[str]]:
-    from playwright.sync_api import WebSocket, sync_playwright
+def _open_app(endpoint: Endpoint, arguments: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
-    console: list[str] = []
-    assets: list[str] = []
     app_socket: list[str] = []  # the first frames of the app's own /api/events socket
     endings: list[str] = []
     created: list[str] = []
-    with sync_playwright() as playwright:
-        browser = launch(playwright, home, f"--host-resolver-rules=MAP {SERVER_NAME} 127.0.0.1")
-        try:
-            page = browser.new_page()
-            _watch(page, console, assets)
 
-            def watch(socket: WebSocket) -> None:
-                if urlsplit(socket.url).path != "/api/events":
-                    return
-                created.append(socket.url)
-                socket.on("framereceived", lambda frame: app_socket.append(_event_of(frame)))
-                socket.on("close", lambda _: endings.append("closed"))
-                socket.on("socketerror", lambda error: endings.append(f"failed: {error}"))
+    def watch(socket: WebSocket) -> None:
+        if urlsplit(socket.url).path != "/api/events":
+            return
+        created.append(socket.url)
+        socket.on("framereceived", lambda frame: app_socket.append(_event_of(frame)))
+        socket.on("close", lambda _: endings.append("closed"))
+        socket.on("socketerror", lambda error: endings.append(f"failed: {error}"))
 
-            page.on("websocket", watch)
-            page.goto(f"{endpoint.target.origin}/", timeout=LAUNCH_WAIT_S * 1000)
-            page.wait_for_load_state("load")
-            reply: dict[str, Any] = page.evaluate(REPLY_SCRIPT, arguments)
-            # The app opens its socket as it starts; wait for its first frame
-            # (or its end), pumping the browser's events meanwhile.
-            deadline = time.monotonic() + STREAM_WAIT_S
-            while not app_socket and not endings and time.monotonic() < deadline:
-                page.wait_for_timeout(100)
-        finally:
-            browser.close()
+    def watch_sockets(page: Page) -> None:
+        page.on("websocket", watch)
+
+    with _app_page(endpoint, watch_sockets) as (page, console, assets):
+        reply: dict[str, Any] = page.evaluate(REPLY_SCRIPT, arguments)
+        # The app opens its socket as it starts; wait for its first frame
+        # (or its end), pumping the browser's events meanwhile.
+        deadline = time.monotonic() + STREAM_WAIT_S
+        while not app_socket and not endings and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
     ending = ", ".join(endings) or (
         f"opened, then nothing for {STREAM_WAIT_S:.0f} s" if created else "was never opened"
     )
@@ -274,7 +262,7 @@ class BrowserUnavailable(RuntimeError):
 
 def check_in_chromium(endpoint: Endpoint, mock: MockDorkOS) -> str:
     """The app's streams work in Chromium: sockets, EventSource, a refusal's code."""
-    require_chromium()
+    require_chromium()  # before the mock is told of sessions no browser will open
     behaviour: dict[str, Any] = {"events_per_stream": EVENTS, "event_interval": 0.05}
     arguments = {
         "session": new_session(mock, **behaviour),
@@ -283,9 +271,12 @@ def check_in_chromium(endpoint: Endpoint, mock: MockDorkOS) -> str:
         "events": EVENTS,
         "waitMs": STREAM_WAIT_S * 1000,
     }
-    with _AT_ONCE, tempfile.TemporaryDirectory(prefix="chromium-home-") as home:
-        _trust(endpoint.target.ca_file, Path(home))
-        seen, console = _open_page(endpoint, Path(home), arguments)
+    with _app_page(endpoint) as (page, console, assets):
+        # The app's own script marks the page as started; with it refused
+        # (a 500 to the Origin its crossorigin load sends), the page is blank.
+        app = page.evaluate("() => window.dorkosApp ?? null")
+        seen: dict[str, Any] = page.evaluate(PAGE_SCRIPT, arguments)
+        seen["app"], seen["assets"] = app, sorted(assets)
     problems = _problems(seen)
     session_path = f"/api/sessions/{arguments['session']}/events"
     if problems:
@@ -323,29 +314,41 @@ def _trust(ca_file: str | None, home: Path) -> None:
         subprocess.run(command, check=True, capture_output=True)
 
 
-def _open_page(
-    endpoint: Endpoint, home: Path, arguments: dict[str, Any]
-) -> tuple[dict[str, Any], list[str]]:
-    # Imported here: only this check needs Playwright's driver.
+@contextlib.contextmanager
+def _app_page(
+    endpoint: Endpoint, before_loading: Callable[[Page], None] | None = None
+) -> Iterator[tuple[Page, list[str], list[str]]]:
+    """DorkOS's page, loaded in a Chromium of its own that trusts the run's CA.
+
+    Yields the page, its console errors and how each of the app's assets was
+    answered, all collected from the start; `before_loading` can watch the
+    page for more before it loads.
+    """
+    # Imported here: only the browser checks need Playwright's driver.
     from playwright.sync_api import sync_playwright
 
+    require_chromium()
     console: list[str] = []
-    with sync_playwright() as playwright:
+    assets: list[str] = []
+    with (
+        _AT_ONCE,
+        tempfile.TemporaryDirectory(prefix="chromium-home-") as home,
+        sync_playwright() as playwright,
+    ):
+        _trust(endpoint.target.ca_file, Path(home))
         # The reader's domain resolves to the proxy, as DNS would make it.
-        browser = launch(playwright, home, f"--host-resolver-rules=MAP {SERVER_NAME} 127.0.0.1")
+        browser = launch(
+            playwright, Path(home), f"--host-resolver-rules=MAP {SERVER_NAME} 127.0.0.1"
+        )
         try:
             page = browser.new_page()
-            assets: list[str] = []
             _watch(page, console, assets)
+            if before_loading is not None:
+                before_loading(page)
             page.goto(f"{endpoint.target.origin}/", timeout=LAUNCH_WAIT_S * 1000)
-            # The app's own script marks the page as started; with it refused
-            # (a 500 to the Origin its crossorigin load sends), the page is blank.
-            app = page.evaluate("() => window.dorkosApp ?? null")
-            seen: dict[str, Any] = page.evaluate(PAGE_SCRIPT, arguments)
-            seen["app"], seen["assets"] = app, sorted(assets)
+            yield page, console, assets
         finally:
             browser.close()
-    return seen, console
 
 
 def _watch(page: Page, console: list[str], assets: list[str]) -> None:

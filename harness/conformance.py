@@ -66,6 +66,8 @@ FRAMES_WATCHED = 2
 HEARTBEAT_WAIT_S = 20.0
 # How long a check waits for a frame or an answer that should come at once.
 ANSWER_S = 10.0
+# More events than a turn of DorkOS's test runtime has (7).
+TURN_EVENTS_AT_MOST = 50
 # DorkOS's sign-in limit: this many attempts per client address per 15 min.
 SIGNIN_LIMIT = 10
 # Two documentation ranges (RFC 5737), for the addresses a proxy would put
@@ -414,7 +416,7 @@ def _turn(upstream: Upstream, transport: str, session: str) -> list[Frame]:
         with open_stream(upstream.target(), path, read_timeout=ANSWER_S) as stream:
             stream.take(1)
             send()
-            return _until_turn_end(lambda: stream.take(1)[0])
+            return until_turn_ends(lambda: stream.take(1)[0])
     with open_socket(
         upstream.target(),
         path,
@@ -425,14 +427,27 @@ def _turn(upstream: Upstream, transport: str, session: str) -> list[Frame]:
     ) as sock:
         sock.take(1, timeout=ANSWER_S)
         send()
-        return _until_turn_end(lambda: sock.take(1, timeout=ANSWER_S)[0])
+        return until_turn_ends(lambda: sock.take(1, timeout=ANSWER_S)[0])
 
 
-def _until_turn_end(take: Callable[[], Frame]) -> list[Frame]:
-    frames = [take()]
-    while frames[-1].event != "turn_end" and len(frames) < 50:
-        frames.append(take())
-    return frames
+def until_turn_ends(take: Callable[[], Frame], within_s: float = ANSWER_S) -> list[Frame]:
+    """A session's frames until its turn ends, within `within_s` of the message.
+
+    Heartbeats keep coming whether or not a turn does, so the bound is on
+    the whole wait, not on each frame.
+    """
+    frames: list[Frame] = []
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline and len(frames) < TURN_EVENTS_AT_MOST:
+        frame = take()
+        if frame.event in (None, HEARTBEAT_EVENT):
+            continue  # a comment or a heartbeat, not the turn
+        frames.append(frame)
+        if frame.event == "turn_end":
+            return frames
+    raise TimeoutError(
+        f"no `turn_end` within {within_s:.0f} s of the message; got {[f.event for f in frames]}"
+    )
 
 
 def _events(frames: list[Frame]) -> str:
@@ -463,7 +478,7 @@ def resume(transport: str) -> Observe:
             with open_stream(
                 upstream.target(), path, headers={"Last-Event-ID": cursor}, read_timeout=ANSWER_S
             ) as stream:
-                again = _until_turn_end(lambda: stream.take(1)[0])
+                again = until_turn_ends(lambda: stream.take(1)[0])
         else:
             with open_socket(
                 upstream.target(),
@@ -473,7 +488,7 @@ def resume(transport: str) -> Observe:
                 headers={"X-Forwarded-Proto": "https"},
                 authority=TRUSTED,
             ) as sock:
-                again = _until_turn_end(lambda: sock.take(1, timeout=ANSWER_S)[0])
+                again = until_turn_ends(lambda: sock.take(1, timeout=ANSWER_S)[0])
         numbers = [frames.index(f) + 1 for f in frames for a in again if a.event_id == f.event_id]
         return f"events {', '.join(map(str, numbers)) or 'none'} of the turn again: " + _events(
             again

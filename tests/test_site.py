@@ -66,6 +66,11 @@ def page_html(site: Path, page: Path) -> Path:
     return site / ("index.html" if relative.name == "index" else relative / "index.html")
 
 
+def page_url(served: str, site: Path, page: Path) -> str:
+    """Where the served site has the page built from `page`."""
+    return urljoin(served, str(page_html(site, page).relative_to(site)))
+
+
 def shown_snippets() -> list[tuple[Path, str, SnippetInclude]]:
     """(page, fence title, include) for every snippet a page shows."""
     found = []
@@ -186,7 +191,7 @@ def opened(chromium: object, url: str) -> Iterator[tuple[object, list[str]]]:
 def test_page_has_no_console_errors_and_its_links_resolve(
     chromium: object, served: str, built_site: Path, page: Path
 ) -> None:
-    url = urljoin(served, str(page_html(built_site, page).relative_to(built_site)))
+    url = page_url(served, built_site, page)
     with opened(chromium, url) as (browser_page, errors):
         links = browser_page.eval_on_selector_all(  # type: ignore[attr-defined]
             "a[href]", "links => links.map(a => a.href)"
@@ -217,7 +222,7 @@ def test_page_fits_the_screen_and_shows_no_exception(
     chromium: object, served: str, built_site: Path, page: Path
 ) -> None:
     """At 1280 px no table is wider than the text column, and no page shows a raw exception."""
-    url = urljoin(served, str(page_html(built_site, page).relative_to(built_site)))
+    url = page_url(served, built_site, page)
     with opened(chromium, url) as (browser_page, _):
         browser_page.set_viewport_size({"width": DESKTOP_WIDTH, "height": 900})  # type: ignore[attr-defined]
         column, tables, text = browser_page.evaluate(  # type: ignore[attr-defined]
@@ -242,7 +247,7 @@ def test_page_fits_the_screen_and_shows_no_exception(
 
 def test_every_tab_shows_its_own_content(chromium: object, served: str, built_site: Path) -> None:
     page = REPO_ROOT / "docs" / "reverse-proxy.md"
-    url = urljoin(served, str(page_html(built_site, page).relative_to(built_site)))
+    url = page_url(served, built_site, page)
     with opened(chromium, url) as (browser_page, errors):
         results = browser_page.evaluate(  # type: ignore[attr-defined]
             """() => [...document.querySelectorAll('.tabbed-set')].map(set => {
@@ -274,7 +279,7 @@ def test_every_tab_shows_its_own_content(chromium: object, served: str, built_si
 def test_copy_button_copies_the_snippet(
     chromium: object, served: str, built_site: Path, page: Path, title: str, include: SnippetInclude
 ) -> None:
-    url = urljoin(served, str(page_html(built_site, page).relative_to(built_site)))
+    url = page_url(served, built_site, page)
     with opened(chromium, url) as (browser_page, errors):
         # Tabs hide what they don't show: show the block's tab first.
         code_id = browser_page.evaluate(  # type: ignore[attr-defined]
