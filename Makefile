@@ -52,7 +52,7 @@ necessity: $(INSTALLED) host images
 
 ## tested-with: run every snippet on every proxy version; rewrites data/tested-with.json
 tested-with: $(INSTALLED) host images
-	scripts/run-pytest $(BIN)/pytest docs --write-tested-with
+	scripts/run-pytest $(BIN)/pytest docs tests/test_reader_path.py --write-tested-with
 
 ## bench: added latency and concurrent streams per proxy; rewrites data/bench.json
 bench: $(INSTALLED) host images

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from harness import browser, real_dorkos
+from harness import browser, check_it_works, real_dorkos
 from harness.conformance import page_assets, until_turn_ends
 from harness.contract import Property, run_contract
 from harness.endpoints import ContractViolation, Endpoint, violation
@@ -360,6 +360,7 @@ CHECKS: tuple[Check, ...] = (
         "In Chromium: the app starts, a message gets its reply",
         lambda endpoint: browser.check_app_replies(endpoint, REPLY_TEXT),
     ),
+    Check("check-it-works", "The page's two `curl` checks", check_it_works.check, slow=True),
     Check(
         "quiet-streams-survive",
         f"A quiet stream kept {QUIET_STREAM_S:.0f} s by heartbeats",

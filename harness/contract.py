@@ -11,6 +11,7 @@ same proxy once its fast checks are done.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import socket
 import ssl
@@ -227,6 +228,29 @@ def check_https(endpoint: Endpoint, mock: MockDorkOS) -> str:
             f"{response.status_code}: {response.text[:200]}",
         )
     return f"{version}, certificate for {names}, /api/health 200 over HTTPS"
+
+
+def check_https_over_ipv6(endpoint: Endpoint, mock: MockDorkOS) -> str:
+    """The site answers on IPv6 too, as a browser reaching an AAAA record does."""
+    over_ipv6 = dataclasses.replace(
+        endpoint.target, base_url=endpoint.target.base_url.replace("127.0.0.1", "[::1]")
+    )
+    try:
+        with over_ipv6.client() as client:
+            response = client.get("/api/health", extensions=over_ipv6.extensions)
+    except httpx.HTTPError as error:
+        raise violation(
+            endpoint,
+            f"GET https://{SERVER_NAME}/api/health on {over_ipv6.base_url} (IPv6) failed: "
+            f"{error!r}; the config does not listen on IPv6",
+        ) from error
+    if response.status_code != 200:
+        raise violation(
+            endpoint,
+            f"GET https://{SERVER_NAME}/api/health on {over_ipv6.base_url} answered "
+            f"{response.status_code}: {response.text[:200]}",
+        )
+    return f"/api/health 200 on {over_ipv6.base_url}"
 
 
 def tls_handshake_at(target: Target, version: ssl.TLSVersion, alpn: list[str]) -> str | None:

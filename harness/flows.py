@@ -9,11 +9,12 @@
 - A fragment of nginx.conf (the events block): Debian's nginx.conf as a
   one-core server runs it, with the fragment in place of its own events
   block, serving the published nginx site config.
-- An nginx config that serves plain HTTP only: the starting point the page
-  gives certbot. The page's own certbot command turns it into an HTTPS
-  config, and that is what the contract runs (with the published events
-  block, as above); renewal and the page's diff of what certbot changed are
-  checked too.
+- The page's nginx steps as a whole (`run_nginx_path`): Debian's packages,
+  certbot's certificate, the published files where the page puts them,
+  the reload; then the contract, and a renewal nginx must pick up.
+
+Every site config is also checked for its plain-HTTP redirect and for
+answering on IPv6.
 """
 
 from __future__ import annotations
@@ -24,15 +25,15 @@ import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from harness import certbot_flow
+from harness import reader_path
 from harness.contract import (
     PROPERTIES,
     Property,
     check_forwarded_headers,
     check_http_redirects_to_https,
+    check_https_over_ipv6,
     check_realtime,
     run_contract,
 )
@@ -44,9 +45,12 @@ from harness.mock_dorkos import Listening, MockDorkOS, MockSettings
 from harness.proxies import NGINX_EVENTS_SNIPPET, RECOMMENDED_SNIPPETS, REPO_ROOT, RunningProxy
 from harness.snippet_examples import SnippetInclude
 from harness.stream_checks import check_websocket_upgrade
+from harness.tested_with import PROXY_NAMES
 
 REDIRECT = Property("http-redirects-to-https", check_http_redirects_to_https)
-_LISTENS_WITH_TLS = re.compile(r"^\s*listen\s+[^;]*\bssl\b", re.MULTILINE)
+IPV6 = Property("https-over-ipv6", check_https_over_ipv6)
+# What every site config adds to the contract.
+SITE_PROPERTIES = (REDIRECT, IPV6)
 
 
 _EVENTS_BLOCK = re.compile(r"^events\s*\{", re.MULTILINE)
@@ -55,14 +59,6 @@ _EVENTS_BLOCK = re.compile(r"^events\s*\{", re.MULTILINE)
 def is_events_block(include: SnippetInclude) -> bool:
     """A fragment of nginx.conf (its events block), not a site config."""
     return include.proxy == "nginx" and bool(_EVENTS_BLOCK.search(include.snippet.read_text()))
-
-
-def is_certbot_start(include: SnippetInclude) -> bool:
-    return (
-        include.proxy == "nginx"
-        and not is_events_block(include)
-        and not _LISTENS_WITH_TLS.search(include.snippet.read_text())
-    )
 
 
 # Reported first, before every property of the contract.
@@ -87,6 +83,8 @@ def start_runs(lab: ProxyLab, include: SnippetInclude) -> list[Future[RunOutcome
     it listens by default; and the disruptions, with a DorkOS of the run's
     own (it gets stopped) on the other loopback address.
     """
+    if include.proxy not in PROXY_NAMES:
+        return []  # not a proxy's config: DorkOS's side, checked on its own
     for image in images_for(lab, include):
         lab.in_background(
             ("disruptions", include.snippet, image.key),
@@ -171,8 +169,6 @@ def run_disruptions(
 
 
 def images_for(lab: ProxyLab, include: SnippetInclude) -> list[ProxyImage]:
-    if is_certbot_start(include):
-        return [CERTBOT_NGINX_IMAGE]  # certbot --nginx as Debian packages it
     return lab.images_for(include.proxy)
 
 
@@ -186,45 +182,47 @@ def started(
     """
     if include.proxy == "caddy":
         with lab.run(image, include.snippet, acme=True, **dorkos) as proxy:
-            yield proxy, (REDIRECT,)
+            yield proxy, SITE_PROPERTIES
     elif is_events_block(include):
         # The fragment is for a one-core server; it runs with the published
         # site config, and the contract (500 streams included) runs on both.
         site = REPO_ROOT / RECOMMENDED_SNIPPETS["nginx"]
         with lab.run(image, site, events=include.snippet, one_core=True, **dorkos) as proxy:
             yield proxy, ()
-    elif is_certbot_start(include):
-        command = certbot_flow.page_command(include.page)
-        with lab.certbot(include.snippet, command, events=NGINX_EVENTS_SNIPPET, **dorkos) as result:
-            yield (
-                result.proxy,
-                (
-                    REDIRECT,
-                    Property("certbot-renew-dry-run", lambda e, m: _renews(result)),
-                    Property("certbot-diff-on-page", lambda e, m: _diff_is_current(result, lab)),
-                ),
-            )
     elif include.proxy == "nginx":
         with lab.run(image, include.snippet, events=NGINX_EVENTS_SNIPPET, **dorkos) as proxy:
-            yield proxy, ()
+            yield proxy, SITE_PROPERTIES
     else:
         raise ValueError(f"{include.snippet_name}: no proxy runs {include.proxy} configs")
 
 
-def _renews(result: certbot_flow.CertbotResult) -> str:
-    output = result.renew_dry_run()
-    if "all simulated renewals succeeded" not in output.lower():
-        raise AssertionError(f"certbot renew --dry-run did not report success:\n{output}")
-    return "certbot renew --dry-run: all simulated renewals succeeded"
-
-
-def _diff_is_current(result: certbot_flow.CertbotResult, lab: ProxyLab) -> str:
-    path: Path = certbot_flow.DIFF_FILE
-    if lab.update_generated:
-        path.write_text(result.diff)
-    if not path.is_file() or path.read_text() != result.diff:
-        raise AssertionError(
-            f"{path.name}, shown on the page, is not what certbot changed in this run; "
-            f"run `make tested-with` and commit it. This run's diff:\n{result.diff}"
+def run_nginx_path(lab: ProxyLab) -> RunOutcome:
+    """The page's nginx steps in order, then the contract on where they end."""
+    path = reader_path.steps(reader_path.REVERSE_PROXY_PAGE, "nginx")
+    image = CERTBOT_NGINX_IMAGE
+    with contextlib.ExitStack() as stack:
+        try:
+            result = stack.enter_context(lab.nginx_path(path))
+        except Exception as error:
+            not_checked = AssertionError("not checked: the steps did not complete (see above)")
+            names = [p.name for p in PROPERTIES] + [p.name for p in SITE_PROPERTIES]
+            return RunOutcome(image, error, dict.fromkeys([*names, RENEWS], not_checked))
+        properties = (
+            *PROPERTIES,
+            *SITE_PROPERTIES,
+            # Last: it swaps the certificate under the other checks.
+            Property(RENEWS, lambda e, m: result.renew()),
         )
-    return f"{path.name} matches this run"
+        futures = run_contract(result.proxy, lab.mock, properties[:-1])
+        results: dict[str, str | BaseException] = {}
+        for prop in properties[:-1]:
+            failure = futures[prop.name].exception()
+            results[prop.name] = failure if failure is not None else futures[prop.name].result()
+        try:
+            results[RENEWS] = run_check(properties[-1].check, result.proxy, lab.mock)
+        except Exception as error:
+            results[RENEWS] = error
+    return RunOutcome(image, None, results)
+
+
+RENEWS = "certbot-renewal-reaches-nginx"

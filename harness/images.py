@@ -374,7 +374,8 @@ CERTBOT_NGINX_IMAGE = DebianImage(
     "nginx",
     "nginx 1.22 with certbot 2.1 (Debian 12 packages)",
     suite="bookworm",
-    packages=("nginx-light", "certbot", "python3-certbot-nginx"),
+    # As the page's nginx path installs them.
+    packages=("nginx", "certbot", "python3-certbot-nginx"),
     finish=_NGINX_FINISH,
     changes=_NGINX_CHANGES,
 )

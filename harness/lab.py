@@ -16,7 +16,6 @@ import docker
 
 from harness import nginx_main
 from harness.acme import AcmeDirectory, AcmeStepFailed, pebble
-from harness.certbot_flow import CertbotResult, certbot_nginx
 from harness.containers import (
     ContainerFailed,
     docker_client,
@@ -34,6 +33,7 @@ from harness.proxies import (
     relative,
     run_proxy,
 )
+from harness.reader_path import NginxPath, Step, nginx_path
 from harness.tested_with import Outcome
 from harness.tls import SERVER_NAME, TestCA
 
@@ -237,32 +237,25 @@ class ProxyLab:
             yield proxy
 
     @contextlib.contextmanager
-    def certbot(
+    def nginx_path(
         self,
-        snippet: Path,
-        command: list[str],
+        path: list[Step],
         *,
-        events: Path | None = None,
         mock: MockDorkOS | None = None,
         dorkos_on: tuple[str, ...] = DORKOS_LISTENS_ON,
-    ) -> Iterator[CertbotResult]:
-        """Serve a starting config and run the page's certbot command on it.
+    ) -> Iterator[NginxPath]:
+        """Run the page's nginx steps in order, from Debian's packages on.
 
         `mock` and `dorkos_on` are as for run().
         """
         image = CERTBOT_NGINX_IMAGE
         workdir = self.run_dir(image.key)
-        main_config = self._main_config(image, workdir, False, events)
-        label = f"{relative(snippet)} with certbot --nginx on {image.description}"
-        if main_config is not None:
-            label += f", {nginx_main.describe(events, False)}"
+        label = f"the nginx path of the Reverse Proxy page on {image.description}"
         with (
             self._timed(label) as up,
             private_network(f"the private network of {label}") as network,
             pebble(self.client, self.tag(PEBBLE_IMAGE), workdir / "acme", network) as acme,
-            certbot_nginx(
-                self.client, image, self.tag(image), snippet, acme, command, network, main_config
-            ) as result,
+            nginx_path(self.client, self.tag(image), path, acme, network) as result,
             (mock or self.mock).listening_in(network, dorkos_on) as dorkos,
         ):
             result.proxy.dorkos = dorkos

@@ -55,9 +55,10 @@ def debian_nginx_conf(
                 f"{image.description}: {NGINX_CONF} has no `worker_processes auto;`"
             )
     if events is not None:
-        if len(_EVENTS_BLOCK.findall(text)) != 1:
-            raise MainConfigError(f"{image.description}: {NGINX_CONF} has no one events block")
-        text = _EVENTS_BLOCK.sub(lambda _: events.read_text(), text)
+        try:
+            text = with_events_block(text, events.read_text())
+        except MainConfigError as error:
+            raise MainConfigError(f"{image.description}: {error}") from None
     if log_level is not None:
         text, found = _ERROR_LOG.subn(rf"\1 {log_level};", text)
         if found != 1:
@@ -65,6 +66,13 @@ def debian_nginx_conf(
     path = workdir / "nginx.conf"
     path.write_text(text)
     return path
+
+
+def with_events_block(nginx_conf: str, events: str) -> str:
+    """nginx.conf with `events` in place of its events block, as the page says."""
+    if len(_EVENTS_BLOCK.findall(nginx_conf)) != 1:
+        raise MainConfigError(f"{NGINX_CONF} has no one events block")
+    return _EVENTS_BLOCK.sub(lambda _: events, nginx_conf)
 
 
 def describe(events: Path | None, one_core: bool) -> str:

@@ -82,7 +82,7 @@ def nginx_launch(
     configs: list[Path], ca: Certificates, workdir: Path, main_config: Path | None = None
 ) -> ProxyLaunch:
     if not isinstance(ca, TestCA):
-        raise TypeError("nginx gets ACME certificates through certbot (harness.certbot_flow)")
+        raise TypeError("nginx gets ACME certificates through certbot (harness.reader_path)")
     in_container = {f"/etc/nginx/conf.d/{c.name}": c for c in configs}
     if main_config is not None:
         in_container["/etc/nginx/nginx.conf"] = main_config

@@ -37,6 +37,12 @@ CONFIG_LANGUAGES = frozenset(
 _INCLUDE = re.compile(r'^\s*-{1,}8<-{1,}\s+"(?P<path>[^":]+)(?::[0-9:,-]*)?"\s*$')
 
 
+# What runs the files under each folder of snippets/: a proxy, or for
+# DorkOS's own side, systemd.
+RUN_UNDER = ("nginx", "caddy", "dorkos")
+_TITLE = re.compile(r'title="(?P<title>[^"]+)"')
+
+
 class DocsError(ValueError):
     """A page breaks the docs' conventions; the message names file and line."""
 
@@ -49,6 +55,7 @@ class SnippetInclude:
     line: int
     language: str
     snippet: Path  # absolute
+    title: str | None = None  # the fence's title: where the page says the file goes
 
     @property
     def snippet_name(self) -> str:
@@ -94,12 +101,15 @@ def parse_snippet_includes(document: Document) -> Iterator[Region]:
             continue
         if not snippet.is_file():
             raise DocsError(f"{where}: includes {includes[0]}, which does not exist")
-        include = SnippetInclude(page, line, language, snippet)
-        if include.proxy not in ("nginx", "caddy"):
+        title = _TITLE.search(info)
+        include = SnippetInclude(page, line, language, snippet, title and title.group("title"))
+        if include.proxy not in RUN_UNDER:
             raise DocsError(
-                f"{where}: {includes[0]} is not under snippets/nginx/ or "
-                f"snippets/caddy/, so no proxy is known to run it"
+                f"{where}: {includes[0]} is not under "
+                f"{', '.join(f'snippets/{d}/' for d in RUN_UNDER)}, so nothing is known to run it"
             )
+        if include.proxy == "dorkos" and include.title is None:
+            raise DocsError(f'{where}: {includes[0]} needs a title="..." saying where it goes')
         yield Region(region.start, region.end, include, evaluate_snippet)
 
 
@@ -154,6 +164,13 @@ def evaluate_snippet(example: Example) -> None:
     include: SnippetInclude = example.parsed
     lab = example.namespace["proxy_lab"]
     subtests = example.namespace["subtests"]
+    if include.proxy == "dorkos":
+        from harness.dorkos_side import check_drop_in
+
+        with reported_as(subtests, example, "systemd-accepts-it", lambda passed: None):
+            assert include.title is not None
+            check_drop_in(include.snippet, include.title)
+        return
     # Usually started when the lab opened, beside every other run.
     for run in flows.start_runs(lab, include):
         outcome = run.result()

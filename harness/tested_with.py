@@ -21,6 +21,8 @@ from harness.proxies import REPO_ROOT
 DATA_FILE = REPO_ROOT / "data" / "tested-with.json"
 PROXY_NAMES = {"caddy": "Caddy", "nginx": "nginx"}
 TABLE_FILE = REPO_ROOT / "generated" / "tested-with.md"
+# The image the nginx tab's steps run in, from Debian's packages on.
+STEPS_IMAGE = "nginx-certbot-debian12"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ PROPERTY_WORDS = {
     "https": "HTTPS for the domain",
     "tls-1.2-and-1.3-only": "TLS 1.2 and 1.3 only",
     "http-redirects-to-https": "HTTP redirects to HTTPS",
+    "https-over-ipv6": "HTTPS over IPv6",
     "forwarded-headers": "Forwards Host, client and scheme",
     "client-address": "DorkOS counts each visitor by their own address",
     "ordinary-traffic": "Pages, REST and 1 MB posts",
@@ -83,8 +86,7 @@ PROPERTY_WORDS = {
     "dorkos-on-127.0.0.1": "DorkOS on 127.0.0.1 instead of ::1",
     "dorkos-restart": "DorkOS restarts with streams open",
     "proxy-reload": "The proxy reloads with streams open",
-    "certbot-renew-dry-run": "certbot renew --dry-run",
-    "certbot-diff-on-page": "certbot's changes as the page shows",
+    "certbot-renewal-reaches-nginx": "certbot's renewal reaches nginx",
 }
 PASSED, FAILED, NOT_RUN = "✓", "**✗**", ""
 
@@ -115,6 +117,7 @@ def render(data: dict[str, Any]) -> str:
         mine = [c for c in columns if first[c].proxy == proxy]
         header = [
             f"`{Path(snippet).name}`<br>{first[(snippet, image)].version}"
+            + ("<br>the page's steps" if image == STEPS_IMAGE else "")
             for snippet, image in mine
         ]
         lines += [

@@ -62,26 +62,34 @@ class Variant:
 def directives(text: str, proxy: str) -> list[str]:
     """The directives a measurement removes one at a time.
 
-    nginx: every directive inside a `location` block. Caddy: every
-    subdirective of `reverse_proxy`.
+    nginx: every directive inside the `location` block that proxies to
+    DorkOS (not the plain-HTTP redirect's). Caddy: every subdirective of
+    `reverse_proxy`.
     """
-    found, depth, inside = [], 0, False
+    found: list[str] = []
+    block: list[str] = []
+    depth, inside, proxies = 0, False, False
     for line in text.splitlines():
         stripped = line.split("#", 1)[0].strip()
         if stripped.endswith("{"):
             depth += 1
             if stripped.startswith("location" if proxy == "nginx" else "reverse_proxy"):
-                inside, inside_depth = True, depth
+                inside, inside_depth, block, proxies = True, depth, [], proxy == "caddy"
             continue
         if stripped == "}":
             if inside and depth == inside_depth:
                 inside = False
+                if proxies:
+                    found.extend(block)
             depth -= 1
             continue
         directive = _directive(line, proxy)
-        # Without proxy_pass there is no proxy left to measure.
-        if inside and directive and not directive.startswith("proxy_pass "):
-            found.append(directive)
+        if inside and directive:
+            # Without proxy_pass there is no proxy left to measure.
+            if directive.startswith("proxy_pass "):
+                proxies = True
+            else:
+                block.append(directive)
     return found
 
 

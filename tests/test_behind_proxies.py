@@ -30,12 +30,22 @@ BROKEN = {
         "socket-heartbeats": "closed with 4403",
         "quiet-streams-survive": "4403",
         "in-chromium": "answered 500",
+        "check-it-works": "then `Origin not trusted`",
     },
     ("nginx", "without proxy_set_header Upgrade $http_upgrade"): {
         "socket-heartbeats": "answered 200, not 101",
         "reply": "answered 200, not 101",
         "quiet-streams-survive": "answered 200, not 101",
         "in-chromium": "the app's own socket to /api/events",
+        "check-it-works": "dropped the upgrade",
+    },
+    # Older guides' SSE recipe: the same failure, by another line.
+    ("nginx", "with Connection ''"): {
+        "socket-heartbeats": "answered 200, not 101",
+        "reply": "answered 200, not 101",
+        "quiet-streams-survive": "answered 200, not 101",
+        "in-chromium": "the app's own socket to /api/events",
+        "check-it-works": "dropped the upgrade",
     },
     # On Caddy 2.6 the compressor holds a session's SSE frames back (its
     # snapshot, then the reply); the global stream's heartbeats and every
@@ -48,6 +58,7 @@ BROKEN = {
         "socket-heartbeats": "then closed",
         "sse-heartbeats": "came",
         "quiet-streams-survive": "a quiet /api/events stream stopped",
+        "check-it-works": "no `event: heartbeat`",
     },
 }
 # Broken configs the necessity tables don't build: a line a reader might change.

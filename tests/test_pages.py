@@ -12,7 +12,7 @@ from harness.snippet_examples import SNIPPETS, DocsError, SnippetInclude, docs_s
 EXPECTED_EXAMPLES = {
     "docs/index.md": 0,
     "docs/how-it-is-tested.md": 0,
-    "docs/reverse-proxy.md": 4,
+    "docs/reverse-proxy.md": 4,  # Caddyfile, dorkos.conf, events.conf, the drop-in
     "docs/tested-with.md": 0,
     "docs/what-it-costs.md": 0,
 }
@@ -45,20 +45,8 @@ def test_reverse_proxy_page_runs_each_proxy() -> None:
         ("caddy", "snippets/caddy/Caddyfile"),
         ("nginx", "snippets/nginx/dorkos.conf"),
         ("nginx", "snippets/nginx/events.conf"),
-        ("nginx", "snippets/nginx/before-certbot.conf"),
+        ("dorkos", "snippets/dorkos/proxy.conf"),
     ]
-
-
-def location_block(snippet: str) -> str:
-    text = (REPO_ROOT / snippet).read_text()
-    return text[text.index("location / {") :]
-
-
-def test_certbot_starting_config_proxies_like_the_main_one() -> None:
-    # Readers who follow the certbot path must end up with the same proxying.
-    assert location_block("snippets/nginx/before-certbot.conf") == location_block(
-        "snippets/nginx/dorkos.conf"
-    )
 
 
 def write_page(tmp_path: Path, body: str) -> Path:

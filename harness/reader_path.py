@@ -1,0 +1,431 @@
+"""The reader's path on the Reverse Proxy page, read and run step by step.
+
+The page's "Set up the proxy" section has a tab per proxy, and each tab is
+the reader's steps in order: commands in `bash` blocks, and files in blocks
+that include a snippet under a title saying where the file goes. `steps()`
+reads them as the page gives them.
+
+`nginx_path()` runs the nginx tab in one container of Debian's packages, in
+the page's order: from Debian's own nginx.conf and default site, certbot
+gets the certificate, the published files go where the page puts them, and
+`nginx -t` and the reload run. What it hands back is the proxy the reader
+ends with, for the contract; `renew()` then renews the certificate as
+certbot's timer does and checks that nginx serves the new one.
+
+Every command on a path is matched to what the container runs for it; a
+command no runner knows is an error naming the page and line, so the page
+cannot gain a step the suite does not run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import re
+import shlex
+import socket
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+from docker.models.containers import Container
+
+from harness.acme import AcmeDirectory, AcmeStepFailed
+from harness.containers import READY_WITHIN_S, Mount, log_tail, running_container
+from harness.images import CERTBOT_NGINX_IMAGE, DebianImage
+from harness.netns import PrivateNetwork
+from harness.nginx_main import NGINX_CONF, with_events_block
+from harness.proxies import REPO_ROOT, RunningProxy, https_target, relative, tls_handshake
+from harness.sse_client import Target
+from harness.tls import SERVER_NAME
+
+REVERSE_PROXY_PAGE = REPO_ROOT / "docs" / "reverse-proxy.md"
+SETUP_HEADING = "## Set up the proxy"
+ACCOUNT_EMAIL = f"admin@{SERVER_NAME}"
+# A file's title says where it goes; this suffix says it replaces one block.
+EVENTS_BLOCK_SUFFIX = " (the events block)"
+
+_HEADING = re.compile(r"^## ", re.MULTILINE)
+_TAB = re.compile(r'^=== "(?P<label>[^"]+)"\s*$')
+_FENCE = re.compile(r"^(?P<indent>\s*)```(?P<info>.*)$")
+_TITLE = re.compile(r'title="(?P<title>[^"]+)"')
+_INCLUDE = re.compile(r'^\s*-{1,}8<-{1,}\s+"(?P<path>[^"]+)"\s*$')
+
+
+class PathError(ValueError):
+    """The page's path is not one the suite can run; the message names the line."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing the reader does: run a command, or put a file in place."""
+
+    page: Path
+    line: int
+    command: str | None = None  # as the page shows it, less `sudo`
+    snippet: Path | None = None  # the file, for a file step
+    place: str | None = None  # where the page says it goes
+
+    @property
+    def where(self) -> str:
+        return f"{relative(self.page)}:{self.line}"
+
+    def __str__(self) -> str:
+        if self.command is not None:
+            return f"`{self.command}`"
+        return f"{relative(self.snippet) if self.snippet else '?'} as {self.place}"
+
+
+def steps(page: Path, tab: str, heading: str = SETUP_HEADING) -> list[Step]:
+    """The steps of one tab of the page's set-up section, in page order."""
+    lines = page.read_text().splitlines()
+    try:
+        start = lines.index(heading)
+    except ValueError:
+        raise PathError(f"{relative(page)}: no `{heading}` section") from None
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    opened = None
+    for i in range(start + 1, end):
+        found = _TAB.match(lines[i])
+        if found and opened is not None:
+            end = i
+            break
+        if found and found.group("label") == tab:
+            opened = i + 1
+    if opened is None:
+        raise PathError(f'{relative(page)}: `{heading}` has no tab "{tab}"')
+    return list(_steps_in(page, lines, opened, end))
+
+
+def section_steps(page: Path, heading: str) -> list[Step]:
+    """The steps of a section that has no tabs, in page order."""
+    lines = page.read_text().splitlines()
+    try:
+        start = lines.index(heading)
+    except ValueError:
+        raise PathError(f"{relative(page)}: no `{heading}` section") from None
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return list(_steps_in(page, lines, start + 1, end))
+
+
+def _steps_in(page: Path, lines: list[str], start: int, end: int) -> Iterator[Step]:
+    i = start
+    while i < end:
+        fence = _FENCE.match(lines[i])
+        if not fence:
+            i += 1
+            continue
+        indent, info = fence.group("indent"), fence.group("info").strip()
+        close = next(
+            (j for j in range(i + 1, end) if lines[j].strip() == "```"),
+            None,
+        )
+        if close is None:
+            raise PathError(f"{relative(page)}:{i + 1}: a code block that never closes")
+        body = [line[len(indent) :] for line in lines[i + 1 : close]]
+        language = info.split(maxsplit=1)[0] if info else ""
+        if language == "bash":
+            for offset, command in _commands(body):
+                yield Step(page, i + 2 + offset, command=command)
+        else:
+            include = next((m for line in body if (m := _INCLUDE.match(line))), None)
+            title = _TITLE.search(info)
+            if include and include.group("path").startswith("snippets/"):
+                if title is None:
+                    raise PathError(
+                        f"{relative(page)}:{i + 1}: a file on the reader's path needs a "
+                        f'title="..." saying where it goes'
+                    )
+                snippet = REPO_ROOT / include.group("path")
+                yield Step(page, i + 1, snippet=snippet, place=title.group("title"))
+        i = close + 1
+
+
+def _commands(body: list[str]) -> Iterator[tuple[int, str]]:
+    """Each command of a bash block (joined at trailing backslashes), less sudo."""
+    pending: list[str] = []
+    first = 0
+    for offset, raw in enumerate(body):
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if not pending:
+            first = offset
+        pending.append(line.removesuffix("\\").strip())
+        if not line.endswith("\\"):
+            yield first, _without_sudo(" ".join(pending))
+            pending = []
+
+
+def _without_sudo(command: str) -> str:
+    return " && ".join(part.strip().removeprefix("sudo ") for part in command.split("&&"))
+
+
+# --- the nginx path --------------------------------------------------------
+
+
+def _exec(container: Container, command: list[str], step: Step, acme: AcmeDirectory) -> str:
+    code, output = container.exec_run(
+        command,
+        environment={"REQUESTS_CA_BUNDLE": "/etc/dorkos-docs/acme-directory-ca.pem"},
+    )
+    # Not streamed, so the output is bytes (the stubs allow an iterator).
+    text = bytes(output).decode(errors="replace")  # type: ignore[arg-type]
+    if code != 0:
+        raise AcmeStepFailed(
+            f"{step.where}: {step} failed (ran `{shlex.join(command)}`, exit {code}):\n"
+            f"{text.rstrip()}\n--- ACME server log (last lines) ---\n{acme.log_tail()}\n"
+            f"--- nginx log (last lines) ---\n{log_tail(container)}"
+        )
+    return text
+
+
+def non_interactive(command: list[str], acme: AcmeDirectory) -> list[str]:
+    """What a reader answers at certbot's prompts, and where the CA is."""
+    return [
+        *command,
+        "--non-interactive",
+        "--agree-tos",
+        "-m",
+        ACCOUNT_EMAIL,
+        "--no-eff-email",
+        "--server",
+        acme.url,
+    ]
+
+
+def unit_reload_command(container: Container, service: str) -> list[str]:
+    """What `systemctl reload <service>` runs: the package's own ExecReload."""
+    unit = f"/lib/systemd/system/{service}.service"
+    code, output = container.exec_run(["cat", unit])
+    text = bytes(output).decode(errors="replace")  # type: ignore[arg-type]
+    found = re.findall(r"^ExecReload=-?(.+)$", text, re.MULTILINE)
+    if code != 0 or len(found) != 1:
+        raise PathError(f"{unit} in the image has no one ExecReload= line: {text[:300]!r}")
+    return shlex.split(found[0])
+
+
+@dataclass
+class NginxPath:
+    """Where the nginx tab's steps left the reader."""
+
+    proxy: RunningProxy
+    acme: AcmeDirectory
+    steps: list[Step]
+    ran: list[str]  # each step, as the container ran it
+
+    def renew(self) -> str:
+        """Force a renewal as certbot's timer would; nginx must serve the new certificate."""
+        container = self.proxy.container
+        before = self.proxy.network.call(_served_certificate, self.proxy.target)
+        command = [
+            "certbot",
+            "renew",
+            "--force-renewal",
+            "--no-random-sleep-on-renew",
+            "--server",
+            self.acme.url,
+        ]
+        step = Step(self.steps[0].page, 0, command="certbot renew (certbot's timer)")
+        _exec(container, command, step, self.acme)
+        after = self.proxy.network.call(_served_certificate, self.proxy.target)
+        if after == before:
+            raise AssertionError(
+                f"after `certbot renew --force-renewal` nginx still serves the old certificate "
+                f"(sha256 {before}…): renewals would not reach readers until nginx reloads"
+            )
+        return (
+            f"certbot renew: nginx serves the renewed certificate (sha256 {before}… then {after}…)"
+        )
+
+
+def _served_certificate(target: Target) -> str:
+    """A fingerprint of the certificate the proxy serves."""
+    connection = tls_handshake(target)
+    with connection:
+        der = connection.getpeercert(binary_form=True)
+    if der is None:
+        raise AssertionError(f"{target.base_url} sent no certificate")
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
+def _put_file(container: Container, path: str, data: bytes) -> None:
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        info = tarfile.TarInfo(Path(path).name)
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+    if not container.put_archive(str(Path(path).parent), archive.getvalue()):
+        raise PathError(f"could not write {path} in {container.name}")
+
+
+def _read_file(container: Container, path: str) -> str:
+    code, output = container.exec_run(["cat", path])
+    text = bytes(output).decode(errors="replace")  # type: ignore[arg-type]
+    if code != 0:
+        raise PathError(f"could not read {path} in {container.name}: {text}")
+    return text
+
+
+def _http_answers() -> None:
+    with socket.create_connection(("127.0.0.1", 80), timeout=2) as sock:
+        sock.sendall(
+            f"HEAD / HTTP/1.1\r\nHost: {SERVER_NAME}\r\nConnection: close\r\n\r\n".encode()
+        )
+        if not sock.recv(12).startswith(b"HTTP/1.1"):
+            raise ConnectionError("port 80 did not answer HTTP")
+
+
+# What each command of the nginx path is, as the container runs it.
+NGINX_COMMANDS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^apt(-get)? install\b"), "_installed"),
+    (re.compile(r"^certbot certonly --nginx\b"), "_certbot"),
+    (re.compile(r"^nginx -t$"), "_run"),
+    (re.compile(r"^systemctl reload nginx$"), "_reload"),
+)
+
+
+def nginx_commands(step: Step) -> list[tuple[str, list[str]]]:
+    """Each command of a step (split at `&&`), with what runs it; an unknown one is an error."""
+    assert step.command is not None
+    found = []
+    for part in step.command.split(" && "):
+        runner = next((name for pattern, name in NGINX_COMMANDS if pattern.match(part)), None)
+        if runner is None:
+            raise PathError(
+                f"{step.where}: no test runs `{part}` on the nginx path; "
+                f"teach harness/reader_path.py what it does, or take it off the page"
+            )
+        found.append((runner, shlex.split(part)))
+    return found
+
+
+class _NginxRunner:
+    """Runs each nginx step in the container, as the reader's shell would."""
+
+    def __init__(
+        self, container: Container, image: DebianImage, acme: AcmeDirectory, network: PrivateNetwork
+    ) -> None:
+        self.container, self.image, self.acme, self.network = container, image, acme, network
+        self.ran: list[str] = []
+
+    def run(self, step: Step) -> None:
+        if step.snippet is not None:
+            self._place(step)
+            return
+        for runner, words in nginx_commands(step):
+            getattr(self, runner)(step, words)
+
+    def _installed(self, step: Step, words: list[str]) -> None:
+        packages = tuple(w for w in words[2:] if not w.startswith("-"))
+        if set(packages) != set(self.image.packages):
+            raise PathError(
+                f"{step.where}: the page installs {', '.join(packages)}; the image the path "
+                f"runs in ({self.image.key}) is built with {', '.join(self.image.packages)}"
+            )
+        self.ran.append(f"apt-get install {' '.join(self.image.packages)} (the image's build)")
+
+    def _certbot(self, step: Step, words: list[str]) -> None:
+        command = non_interactive(words, self.acme)
+        _exec(self.container, command, step, self.acme)
+        self.ran.append(shlex.join(command))
+
+    def _run(self, step: Step, words: list[str]) -> None:
+        _exec(self.container, words, step, self.acme)
+        self.ran.append(shlex.join(words))
+
+    def _reload(self, step: Step, words: list[str]) -> None:
+        command = unit_reload_command(self.container, "nginx")
+        _exec(self.container, command, step, self.acme)
+        self.ran.append(f"{shlex.join(command)} (nginx.service's ExecReload)")
+
+    def _place(self, step: Step) -> None:
+        assert step.snippet is not None and step.place is not None
+        data = step.snippet.read_bytes()
+        place = step.place
+        if place.endswith(EVENTS_BLOCK_SUFFIX):
+            place = place.removesuffix(EVENTS_BLOCK_SUFFIX)
+            if place != NGINX_CONF:
+                raise PathError(f"{step.where}: an events block goes in {NGINX_CONF}, not {place}")
+            data = with_events_block(_read_file(self.container, place), data.decode()).encode()
+        elif not place.startswith("/etc/nginx/"):
+            raise PathError(f"{step.where}: nginx does not read {place}")
+        _put_file(self.container, place, data)
+        self.ran.append(f"write {place} ({relative(step.snippet)})")
+
+
+@contextlib.contextmanager
+def nginx_path(
+    client: docker.DockerClient,
+    tag: str,
+    path: list[Step],
+    acme: AcmeDirectory,
+    network: PrivateNetwork,
+) -> Iterator[NginxPath]:
+    """Run the nginx tab's steps in order, from a fresh install of the packages."""
+    image = CERTBOT_NGINX_IMAGE
+    for step in path:  # before any container starts: every command is known
+        if step.command is not None:
+            nginx_commands(step)
+    with running_container(
+        client,
+        tag,
+        ["nginx", "-g", "daemon off;"],
+        [Mount(str(acme.directory_ca), "/etc/dorkos-docs/acme-directory-ca.pem")],
+        role=image.key,
+        network=network,
+        ready=_http_answers,
+        **image.container_options(),
+        waiting_for="Debian's nginx answering HTTP on 127.0.0.1:80, as installed",
+    ) as container:
+        runner = _NginxRunner(container, image, acme, network)
+        for step in path:
+            runner.run(step)
+        target = https_target(acme)
+        network.call(_wait_for_tls, target, container)
+        _check_files(container, path)
+        label = f"the nginx path of {relative(path[0].page)}"
+        proxy = RunningProxy(image, label, container, target, network)
+        yield NginxPath(proxy, acme, path, runner.ran)
+
+
+def _check_files(container: Container, path: list[Step]) -> None:
+    """The reader ends with exactly the published files, byte for byte."""
+    for step in path:
+        if step.snippet is None or step.place is None:
+            continue
+        place = step.place.removesuffix(EVENTS_BLOCK_SUFFIX)
+        held = _read_file(container, place)
+        if step.place.endswith(EVENTS_BLOCK_SUFFIX):
+            if step.snippet.read_text() not in held:
+                raise AssertionError(f"{place} at the end does not hold {relative(step.snippet)}")
+        elif held != step.snippet.read_text():
+            raise AssertionError(
+                f"{place} at the end of the path is not {relative(step.snippet)} byte for byte"
+            )
+    code, output = container.exec_run(["ls", "/etc/nginx/conf.d"])
+    listed = bytes(output).decode().split()  # type: ignore[arg-type]
+    placed = {
+        Path(s.place).name for s in path if s.place and s.place.startswith("/etc/nginx/conf.d/")
+    }
+    if code != 0 or set(listed) != placed:
+        raise AssertionError(f"/etc/nginx/conf.d holds {listed}; the page put {sorted(placed)}")
+
+
+def _wait_for_tls(target: Target, container: Container) -> None:
+    give_up = time.monotonic() + READY_WITHIN_S
+    while True:
+        try:
+            tls_handshake(target).close()
+            return
+        except OSError as error:
+            if time.monotonic() > give_up:
+                raise AcmeStepFailed(
+                    f"after the nginx path's steps, nginx did not serve a certificate from the "
+                    f"ACME server on port 443: {error}\n--- nginx log ---\n{log_tail(container)}"
+                ) from error
+            time.sleep(0.1)  # poll interval of the handshake above

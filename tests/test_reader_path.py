@@ -1,0 +1,112 @@
+"""The reader's path on the Reverse Proxy page: each tab's steps, run in order.
+
+The nginx tab runs whole in one container (harness.reader_path): from
+Debian's packages to certbot's certificate, the published files, the reload,
+the contract on what the reader ends with, and a renewal nginx picks up.
+The Caddy tab's files and commands are the ones its Sybil runs use.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from harness import flows, reader_path
+from harness.images import CERTBOT_NGINX_IMAGE, LOCAL_IMAGES, DebianImage
+from harness.lab import ProxyLab
+from harness.proxies import CADDY_CONFIG_ARGS, RECOMMENDED_SNIPPETS, REPO_ROOT
+from harness.reader_path import PathError, Step, steps
+
+PAGE = reader_path.REVERSE_PROXY_PAGE
+
+
+def shown(path: list[Step]) -> list[str]:
+    return [str(step) for step in path]
+
+
+def test_nginx_tab_is_install_certificate_files_reload() -> None:
+    assert shown(steps(PAGE, "nginx")) == [
+        "`apt install nginx certbot python3-certbot-nginx`",
+        "`certbot certonly --nginx -d dorkos.example.com`",
+        "snippets/nginx/dorkos.conf as /etc/nginx/conf.d/dorkos.conf",
+        "snippets/nginx/events.conf as /etc/nginx/nginx.conf (the events block)",
+        "`nginx -t && systemctl reload nginx`",
+    ]
+
+
+def test_caddy_tab_is_install_file_reload() -> None:
+    assert shown(steps(PAGE, "Caddy")) == [
+        "`apt install caddy`",
+        "snippets/caddy/Caddyfile as /etc/caddy/Caddyfile",
+        "`systemctl reload caddy`",
+    ]
+
+
+def test_caddy_tab_installs_the_package_the_suite_runs() -> None:
+    debian = [i for i in LOCAL_IMAGES if isinstance(i, DebianImage) and i.proxy == "caddy"]
+    (install, placed, _) = steps(PAGE, "Caddy")
+    assert install.command is not None
+    assert {tuple(install.command.split()[2:])} == {i.packages for i in debian}
+    # Runs put the published Caddyfile where Debian's caddy.service reads it.
+    assert placed.place == "/etc/caddy/Caddyfile"
+    assert placed.snippet == REPO_ROOT / RECOMMENDED_SNIPPETS["caddy"]
+    assert CADDY_CONFIG_ARGS[1].endswith(".Caddyfile")
+
+
+def test_nginx_tab_ends_in_the_published_config() -> None:
+    placed = [s for s in steps(PAGE, "nginx") if s.snippet is not None]
+    assert placed[0].snippet == REPO_ROOT / RECOMMENDED_SNIPPETS["nginx"]
+    # The certificate lines name where the page's certbot command saves it.
+    text = placed[0].snippet.read_text()
+    assert "/etc/letsencrypt/live/dorkos.example.com/fullchain.pem;" in text
+    assert "/etc/letsencrypt/live/dorkos.example.com/privkey.pem;" in text
+
+
+def write_page(tmp_path: Path, tab: str) -> Path:
+    page = tmp_path / "page.md"
+    page.write_text(f'# T\n\n## Set up the proxy\n\n=== "nginx"\n\n{tab}\n## Next\n')
+    return page
+
+
+def test_a_command_no_test_runs_is_an_error_naming_its_line(tmp_path: Path) -> None:
+    page = write_page(
+        tmp_path, "    ```bash\n    sudo nginx -t && sudo rm -rf /etc/nginx\n    ```\n"
+    )
+    (step,) = steps(page, "nginx")
+    with pytest.raises(PathError, match=r"page\.md:8: no test runs `rm -rf /etc/nginx`"):
+        reader_path.nginx_commands(step)
+
+
+def test_a_file_without_a_place_is_an_error(tmp_path: Path) -> None:
+    page = write_page(tmp_path, '    ```nginx\n    --8<-- "snippets/nginx/dorkos.conf"\n    ```\n')
+    with pytest.raises(PathError, match=r"page\.md:7: a file on the reader's path needs a title"):
+        steps(page, "nginx")
+
+
+def test_a_missing_tab_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(PathError, match=r'has no tab "Caddy"'):
+        steps(write_page(tmp_path, ""), "Caddy")
+
+
+def test_continued_lines_are_one_command(tmp_path: Path) -> None:
+    page = write_page(
+        tmp_path, "    ```bash\n    sudo certbot certonly \\\n      --nginx\n    ```\n"
+    )
+    assert shown(steps(page, "nginx")) == ["`certbot certonly --nginx`"]
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.measured_by(measure=flows.run_nginx_path)
+def test_nginx_path_ends_in_the_published_files_and_passes_the_contract(
+    measured: flows.RunOutcome, proxy_lab: ProxyLab, subtests: pytest.Subtests
+) -> None:
+    snippet = RECOMMENDED_SNIPPETS["nginx"]
+    image = CERTBOT_NGINX_IMAGE
+    proxy_lab.record(snippet, image, flows.STARTS, measured.start_error is None)
+    if measured.start_error is not None:
+        raise measured.start_error
+    for name, result in measured.results.items():
+        with subtests.test(msg=name):
+            proxy_lab.record(snippet, image, name, not isinstance(result, BaseException))
+            if isinstance(result, BaseException):
+                raise result
