@@ -491,3 +491,7 @@ def test_a_config_naming_127_0_0_1_fails_when_dorkos_is_on_ipv6(proxy_lab: Proxy
             assert result.startswith("FAIL") == fails, f"{image}, DorkOS on {on}: {result}"
             if fails:
                 assert "answered 502" in result and "Connection refused" in result, result
+
+
+def test_every_measure_reads_as_a_symptom() -> None:
+    assert {m.name for m in necessity.MEASURES} == set(necessity.SYMPTOMS)

@@ -335,8 +335,18 @@ def test_copy_button_copies_the_snippet(
     )
 
 
-@pytest.mark.parametrize("query", ["504", "WebSocket"])
-def test_search_finds_the_reverse_proxy_page(chromium: object, served: str, query: str) -> None:
+# A reader's words for a symptom, and the Common Issue that explains it.
+SYMPTOMS = {
+    "WebSocket": "#the-app-loads-but-replies-never-appear",
+    "replies never appear": "#the-app-loads-but-replies-never-appear",
+    "502": "#502-bad-gateway",
+    "504": "#504-gateway-timeout-on-long-requests",
+    "batches": "#events-arrive-in-batches-instead-of-in-real-time",
+}
+
+
+@pytest.mark.parametrize("query", list(SYMPTOMS))
+def test_search_finds_the_common_issue_first(chromium: object, served: str, query: str) -> None:
     with opened(chromium, served) as (browser_page, errors):
         browser_page.click("input.md-search__input")  # type: ignore[attr-defined]
         browser_page.keyboard.type(query)  # type: ignore[attr-defined]
@@ -347,4 +357,11 @@ def test_search_finds_the_reverse_proxy_page(chromium: object, served: str, quer
             ".md-search-result__item a", "links => links.map(a => a.href)"
         )
     assert errors == []
-    assert any("reverse-proxy/" in link for link in found), f"{query!r} found {found}"
+    # Material lists a page, then its sections; the first section is what
+    # the reader's eye lands on.
+    assert found[0].endswith("/reverse-proxy/"), f"searching {query!r}: first page {found[0]}"
+    sections = [link for link in found if "#" in link]
+    assert sections and f"reverse-proxy/{SYMPTOMS[query]}" in sections[0], (
+        f"searching {query!r}: first section {sections[:1]}, wanted {SYMPTOMS[query]}; "
+        f"all: {found[:6]}"
+    )
