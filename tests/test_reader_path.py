@@ -110,3 +110,25 @@ def test_nginx_path_ends_in_the_published_files_and_passes_the_contract(
             proxy_lab.record(snippet, image, name, not isinstance(result, BaseException))
             if isinstance(result, BaseException):
                 raise result
+
+
+@pytest.mark.docker
+def test_debians_caddy_warns_of_zerossl_as_the_page_says(proxy_lab: ProxyLab) -> None:
+    """The page tells Debian 12 readers to expect this warning when Caddy starts."""
+    from harness.containers import Mount, run_to_completion
+
+    (image,) = [i for i in LOCAL_IMAGES if i.key == "caddy-debian12"]
+    caddyfile = REPO_ROOT / RECOMMENDED_SNIPPETS["caddy"]
+    # As caddy.service starts it; no network, so it gets no certificate and
+    # is stopped after a few seconds of trying.
+    command = ["timeout", "5", "caddy", "run", "--environ", "--config", "/etc/caddy/Caddyfile"]
+    _, log = run_to_completion(
+        proxy_lab.client,
+        proxy_lab.tag(image),
+        command,
+        [Mount(str(caddyfile), "/etc/caddy/Caddyfile")],
+        role="caddy-zerossl-warning",
+    )
+    warning = "missing email address for ZeroSSL"
+    assert warning in log, f"Caddy on {image.description} did not log {warning!r}:\n{log[-2000:]}"
+    assert f"`{warning}`" in " ".join(PAGE.read_text().split())
