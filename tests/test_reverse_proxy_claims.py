@@ -495,3 +495,62 @@ def test_a_config_naming_127_0_0_1_fails_when_dorkos_is_on_ipv6(proxy_lab: Proxy
 
 def test_every_measure_reads_as_a_symptom() -> None:
     assert {m.name for m in necessity.MEASURES} == set(necessity.SYMPTOMS)
+
+
+# -- "TLS versions": the published nginx config refuses TLS 1.0 and 1.1 by
+# -- its own ssl_protocols line, not only by Debian's OpenSSL.
+
+SSL_PROTOCOLS = "    ssl_protocols TLSv1.2 TLSv1.3;\n"
+# What a system whose OpenSSL allows TLS 1.0 looks like to nginx: the
+# security level at 0 (Debian's is 2, which rules out TLS 1.0's ciphers).
+PERMISSIVE_OPENSSL = "    ssl_conf_command CipherString DEFAULT@SECLEVEL=0;\n"
+TLS_CASES = {
+    "published": lambda text: text,
+    "published, OpenSSL allowing TLS 1.0": lambda text: text.replace(
+        SSL_PROTOCOLS, SSL_PROTOCOLS + PERMISSIVE_OPENSSL
+    ),
+    "without ssl_protocols, OpenSSL allowing TLS 1.0": lambda text: text.replace(
+        SSL_PROTOCOLS, PERMISSIVE_OPENSSL
+    ),
+    "without ssl_protocols": lambda text: text.replace(SSL_PROTOCOLS, ""),
+}
+
+
+def measure_tls_versions(lab: ProxyLab) -> dict[str, dict[str, bool]]:
+    """Which old TLS versions nginx 1.22 (Debian 12) accepts, per case."""
+    image = lab.images_for("nginx")[0]
+    text = (REPO_ROOT / RECOMMENDED_SNIPPETS["nginx"]).read_text()
+    assert SSL_PROTOCOLS in text, f"{RECOMMENDED_SNIPPETS['nginx']} has no {SSL_PROTOCOLS!r}"
+
+    def one(name: str) -> dict[str, bool]:
+        config = lab.run_dir("tls") / "dorkos.conf"
+        config.write_text(TLS_CASES[name](text))
+        with lab.run(
+            image,
+            config,
+            shown_as=f"dorkos.conf {name}",
+            events=NGINX_EVENTS_SNIPPET,
+            with_mock=False,
+        ) as proxy:
+            return proxy.network.call(
+                lambda: {
+                    v.name: contract.tls_handshake_at(proxy.target, v, ["http/1.1"]) is not None
+                    for v in contract.OLD_TLS
+                }
+            )
+
+    with ThreadPoolExecutor(len(TLS_CASES), thread_name_prefix="tls") as pool:
+        return dict(zip(TLS_CASES, pool.map(one, TLS_CASES), strict=True))
+
+
+@pytest.mark.measured_by(measure=measure_tls_versions)
+def test_nginx_refuses_old_tls_by_its_own_line(measured: dict[str, dict[str, bool]]) -> None:
+    refused = {"TLSv1": False, "TLSv1_1": False}
+    # Where OpenSSL would allow TLS 1.0, the line is what refuses it...
+    assert measured["published, OpenSSL allowing TLS 1.0"] == refused, measured
+    assert measured["without ssl_protocols, OpenSSL allowing TLS 1.0"]["TLSv1"], (
+        f"without ssl_protocols and at security level 0, nginx still refused TLS 1.0, so "
+        f"this case proves nothing about the line: {measured}"
+    )
+    # ...and on Debian as it is, OpenSSL refuses it even without the line.
+    assert measured["published"] == measured["without ssl_protocols"] == refused, measured
