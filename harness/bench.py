@@ -53,6 +53,7 @@ from typing import Any
 
 from docker.models.containers import Container
 
+from harness import bench_chart
 from harness.images import ProxyImage
 from harness.lab import ProxyLab, proxy_lab
 from harness.load_clients import Transport, load_stream
@@ -696,7 +697,11 @@ def main() -> None:
         DATA_FILE.write_text(json.dumps(data, indent=2) + "\n")
         TABLE_FILE.parent.mkdir(parents=True, exist_ok=True)
         TABLE_FILE.write_text(render(data))
-        log(f"wrote {DATA_FILE.relative_to(REPO_ROOT)} and {TABLE_FILE.relative_to(REPO_ROOT)}")
+        bench_chart.write(data)
+        log(
+            f"wrote {DATA_FILE.relative_to(REPO_ROOT)}, {TABLE_FILE.relative_to(REPO_ROOT)} "
+            f"and {bench_chart.CHART_FILE.relative_to(REPO_ROOT)}"
+        )
     log(f"done in {time.monotonic() - started:.0f} s")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from harness import bench, soak
+from harness import bench, bench_chart, soak
 from harness.images import LOCAL_IMAGES
 from harness.proxies import REPO_ROOT
 from harness.sse_client import Dechunker
@@ -28,6 +28,14 @@ def test_page_table_is_rendered_from_the_data() -> None:
     page = (REPO_ROOT / "docs" / "what-it-costs.md").read_text()
     for table in (bench.TABLE_FILE, soak.TABLE_FILE):
         assert f'--8<-- "generated/{table.name}"' in page, f"the page does not show {table.name}"
+
+
+def test_page_chart_is_drawn_from_the_data() -> None:
+    assert bench_chart.CHART_FILE.read_text() == bench_chart.render_svg(committed()), (
+        f"{bench_chart.CHART_FILE.name} was edited by hand or not redrawn; run `make bench`"
+    )
+    page = (REPO_ROOT / "docs" / "what-it-costs.md").read_text()
+    assert f"(assets/{bench_chart.CHART_FILE.name})" in page
 
 
 def test_data_covers_every_proxy_version_level_and_transport() -> None:
