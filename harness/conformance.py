@@ -368,6 +368,30 @@ def socket_refusals(upstream: Upstream) -> str:
     )
 
 
+# RFC 6455's example nonce (16 bytes), and 18 bytes a hand-written check
+# might send; the `ws` package behind DorkOS's sockets checks the length.
+SOCKET_KEYS = {
+    "a 16-byte key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "an 18-byte key": "ZG9ya29zLXByb3h5LWNoZWNr",
+}
+
+
+def socket_key(upstream: Upstream) -> str:
+    """An upgrade to /api/events, by hand, with each Sec-WebSocket-Key."""
+    answers = []
+    for case, key in SOCKET_KEYS.items():
+        request = (
+            f"GET {ROUTES['global']} HTTP/1.1\r\nHost: {TRUSTED}\r\nOrigin: {PAGE_ORIGIN}\r\n"
+            f"X-Forwarded-Proto: https\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+        )
+        with socket.create_connection(upstream.target().address, timeout=ANSWER_S) as sock:
+            sock.sendall(request.encode())
+            status = sock.recv(64).split(b"\r\n", 1)[0].decode(errors="replace")
+        answers.append(f"{case}: {status.removeprefix('HTTP/1.1 ')[:3] or 'no answer'}")
+    return "; ".join(answers)
+
+
 def terminal(upstream: Upstream) -> str:
     path = f"/api/terminal/{uuid.uuid4()}/socket"
     cases: dict[str, dict[str, Any]] = {
@@ -669,6 +693,7 @@ BEHAVIOURS: tuple[Behaviour, ...] = (
     Behaviour("socket-origin", "Socket to /api/events: origin policy", socket_origins),
     Behaviour("socket-refusals", "Sockets DorkOS refuses", socket_refusals),
     Behaviour("terminal", "Terminal socket", terminal),
+    Behaviour("socket-key", "Socket upgrade by hand: Sec-WebSocket-Key", socket_key),
     Behaviour("stale-cursor", "Resume from a cursor of another server start", stale_cursor),
     *(
         Behaviour(f"reply-{t.lower()}", f"A message's turn, on the session's {t}", reply(t))

@@ -850,6 +850,11 @@ class MockDorkOS:
             if resource not in self._terminals:
                 await self._refuse_handshake(record, writer, 404, "Not Found")
                 return
+        # As the `ws` package checks it: base64 of exactly 16 bytes.
+        key = record.header("Sec-WebSocket-Key") or ""
+        if not _WS_KEY.fullmatch(key):
+            await self._refuse_handshake(record, writer, 400, "Bad Request")
+            return
         connection = WSConnection(ConnectionType.SERVER)
         try:
             connection.receive_data(record.head)
@@ -939,6 +944,7 @@ class MockDorkOS:
         await writer.drain()
 
 
+_WS_KEY = re.compile(r"[+/0-9A-Za-z]{22}==")
 # How long a refused socket waits for the client's close frame.
 CLOSE_TIMEOUT_S = 5.0
 REASONS = {

@@ -40,6 +40,7 @@ from harness.images import CERTBOT_NGINX_IMAGE, DebianImage
 from harness.netns import PrivateNetwork
 from harness.nginx_main import NGINX_CONF, with_events_block
 from harness.proxies import REPO_ROOT, RunningProxy, https_target, relative, tls_handshake
+from harness.snippet_examples import INCLUDE, TITLE
 from harness.sse_client import Target
 from harness.tls import SERVER_NAME
 
@@ -52,8 +53,6 @@ EVENTS_BLOCK_SUFFIX = " (the events block)"
 _HEADING = re.compile(r"^## ", re.MULTILINE)
 _TAB = re.compile(r'^=== "(?P<label>[^"]+)"\s*$')
 _FENCE = re.compile(r"^(?P<indent>\s*)```(?P<info>.*)$")
-_TITLE = re.compile(r'title="(?P<title>[^"]+)"')
-_INCLUDE = re.compile(r'^\s*-{1,}8<-{1,}\s+"(?P<path>[^"]+)"\s*$')
 
 
 class PathError(ValueError):
@@ -80,16 +79,22 @@ class Step:
         return f"{relative(self.snippet) if self.snippet else '?'} as {self.place}"
 
 
-def steps(page: Path, tab: str, heading: str = SETUP_HEADING) -> list[Step]:
-    """The steps of one tab of the page's set-up section, in page order."""
+def _section(page: Path, heading: str) -> tuple[list[str], int, int]:
+    """The page's lines, and where the `## ` section under `heading` starts and ends."""
     lines = page.read_text().splitlines()
     try:
         start = lines.index(heading)
     except ValueError:
         raise PathError(f"{relative(page)}: no `{heading}` section") from None
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return lines, start + 1, end
+
+
+def steps(page: Path, tab: str, heading: str = SETUP_HEADING) -> list[Step]:
+    """The steps of one tab of the page's set-up section, in page order."""
+    lines, start, end = _section(page, heading)
     opened = None
-    for i in range(start + 1, end):
+    for i in range(start, end):
         found = _TAB.match(lines[i])
         if found and opened is not None:
             end = i
@@ -103,13 +108,8 @@ def steps(page: Path, tab: str, heading: str = SETUP_HEADING) -> list[Step]:
 
 def section_steps(page: Path, heading: str) -> list[Step]:
     """The steps of a section that has no tabs, in page order."""
-    lines = page.read_text().splitlines()
-    try:
-        start = lines.index(heading)
-    except ValueError:
-        raise PathError(f"{relative(page)}: no `{heading}` section") from None
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    return list(_steps_in(page, lines, start + 1, end))
+    lines, start, end = _section(page, heading)
+    return list(_steps_in(page, lines, start, end))
 
 
 def _steps_in(page: Path, lines: list[str], start: int, end: int) -> Iterator[Step]:
@@ -132,8 +132,8 @@ def _steps_in(page: Path, lines: list[str], start: int, end: int) -> Iterator[St
             for offset, command in _commands(body):
                 yield Step(page, i + 2 + offset, command=command)
         else:
-            include = next((m for line in body if (m := _INCLUDE.match(line))), None)
-            title = _TITLE.search(info)
+            include = next((m for line in body if (m := INCLUDE.match(line))), None)
+            title = TITLE.search(info)
             if include and include.group("path").startswith("snippets/"):
                 if title is None:
                     raise PathError(

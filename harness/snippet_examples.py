@@ -34,13 +34,13 @@ CONFIG_LANGUAGES = frozenset(
 )
 
 # pymdownx.snippets' block form: --8<-- "path" or --8<-- "path:first:last"
-_INCLUDE = re.compile(r'^\s*-{1,}8<-{1,}\s+"(?P<path>[^":]+)(?::[0-9:,-]*)?"\s*$')
+INCLUDE = re.compile(r'^\s*-{1,}8<-{1,}\s+"(?P<path>[^":]+)(?::[0-9:,-]*)?"\s*$')
 
 
 # What runs the files under each folder of snippets/: a proxy, or for
 # DorkOS's own side, systemd.
 RUN_UNDER = ("nginx", "caddy", "dorkos")
-_TITLE = re.compile(r'title="(?P<title>[^"]+)"')
+TITLE = re.compile(r'title="(?P<title>[^"]+)"')
 
 
 class DocsError(ValueError):
@@ -82,7 +82,7 @@ def parse_snippet_includes(document: Document) -> Iterator[Region]:
         info = str(region.lexemes["info"]).strip()
         language = info.split(maxsplit=1)[0].lower() if info else ""
         source_lines = [s for s in str(region.lexemes["source"]).splitlines() if s.strip()]
-        includes = [m.group("path") for s in source_lines if (m := _INCLUDE.match(s))]
+        includes = [m.group("path") for s in source_lines if (m := INCLUDE.match(s))]
         if not includes:
             if language in CONFIG_LANGUAGES:
                 raise DocsError(
@@ -101,7 +101,7 @@ def parse_snippet_includes(document: Document) -> Iterator[Region]:
             continue
         if not snippet.is_file():
             raise DocsError(f"{where}: includes {includes[0]}, which does not exist")
-        title = _TITLE.search(info)
+        title = TITLE.search(info)
         include = SnippetInclude(page, line, language, snippet, title and title.group("title"))
         if include.proxy not in RUN_UNDER:
             raise DocsError(

@@ -270,6 +270,31 @@ def test_page_fits_the_screen_and_shows_no_exception(
     )
 
 
+PHONE_WIDTH = 390
+# Most of a phone's screen (844 px tall at this width): a row taller than
+# this can't be read without losing its first column from view.
+TALLEST_ROW_ON_A_PHONE = 600
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_table_rows_fit_a_phone(
+    chromium: object, served: str, built_site: Path, page: Path
+) -> None:
+    with opened(chromium, page_url(served, built_site, page)) as (browser_page, errors):
+        browser_page.set_viewport_size({"width": PHONE_WIDTH, "height": 844})  # type: ignore[attr-defined]
+        rows = browser_page.evaluate(  # type: ignore[attr-defined]
+            """() => [...document.querySelectorAll('article tr')].map((r) => [
+                 Math.round(r.getBoundingClientRect().height),
+                 r.innerText.replace(/\\s+/g, ' ').trim().slice(0, 60)])"""
+        )
+    assert errors == []
+    tall = [f"{height} px: {text!r}" for height, text in rows if height > TALLEST_ROW_ON_A_PHONE]
+    assert not tall, (
+        f"{page.name} at {PHONE_WIDTH} px: table rows taller than {TALLEST_ROW_ON_A_PHONE} px: "
+        f"{tall}"
+    )
+
+
 def test_every_tab_shows_its_own_content(chromium: object, served: str, built_site: Path) -> None:
     page = REPO_ROOT / "docs" / "reverse-proxy.md"
     url = page_url(served, built_site, page)
