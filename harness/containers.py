@@ -100,8 +100,26 @@ def sweep_leftovers(client: docker.DockerClient) -> list[str]:
     return removed
 
 
+# Set on Ctrl-C: no container starts after it, and none waits on for
+# readiness. A run that created its container just after the removal below
+# listed this process's containers would otherwise wait out its deadline.
+_INTERRUPTED = threading.Event()
+
+
+class Interrupted(ContainerFailed):
+    """The run was interrupted: nothing more is started or checked."""
+
+
+def interrupted() -> bool:
+    return _INTERRUPTED.is_set()
+
+
 def remove_this_runs_containers(client: docker.DockerClient) -> list[str]:
-    """Remove every container this process started, at once (an interrupted run)."""
+    """Remove every container this process started, at once (an interrupted run).
+
+    From now on no container of this process starts, or waits to be ready.
+    """
+    _INTERRUPTED.set()
     removed = []
     for listed in client.api.containers(all=True, filters={"label": f"{LABEL}={RUN_ID}"}):
         with contextlib.suppress(docker.errors.APIError):
@@ -231,6 +249,8 @@ def running_container(
     networking = network.docker_options() if network else {"network_mode": "host"}
     container: Container | None = None
     try:
+        if _INTERRUPTED.is_set():
+            raise Interrupted(f"{role} container: not started, the run was interrupted")
         container = client.containers.create(
             **_run_kwargs(image, command, mounts, role, **networking, **extra)
         )
@@ -275,6 +295,8 @@ def _start_and_wait(
     give_up = started + deadline
     last_error: Exception | None = None
     while True:
+        if _INTERRUPTED.is_set():
+            raise Interrupted(f"{role} container: the run was interrupted while it started")
         container.reload()
         if container.status in ("exited", "dead"):
             code = container.attrs["State"]["ExitCode"]

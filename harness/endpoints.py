@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from harness.containers import Interrupted, interrupted
 from harness.mock_dorkos import MockDorkOS
 from harness.netns import PrivateNetwork
 from harness.sse_client import Target
@@ -32,7 +33,13 @@ Check = Callable[[Endpoint, MockDorkOS], str]
 
 
 def run_check(check: Check, endpoint: Endpoint, mock: MockDorkOS) -> str:
-    """Run one check from inside the endpoint's network, where its 127.0.0.1 is."""
+    """Run one check from inside the endpoint's network, where its 127.0.0.1 is.
+
+    After Ctrl-C the proxies are gone: a check would only wait out its
+    timeouts, and the run's clean-up would wait for every one in turn.
+    """
+    if interrupted():
+        raise Interrupted(f"{endpoint.label}: not checked, the run was interrupted")
     network = endpoint.network
     return check(endpoint, mock) if network is None else network.call(check, endpoint, mock)
 

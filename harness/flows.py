@@ -25,9 +25,10 @@ import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from harness import reader_path
+from harness import compose_deployment, reader_path
 from harness.contract import (
     PROPERTIES,
     Property,
@@ -83,8 +84,8 @@ def start_runs(lab: ProxyLab, include: SnippetInclude) -> list[Future[RunOutcome
     it listens by default; and the disruptions, with a DorkOS of the run's
     own (it gets stopped) on the other loopback address.
     """
-    if include.proxy not in PROXY_NAMES:
-        return []  # not a proxy's config: DorkOS's side, checked on its own
+    if proxy_for(include.snippet) is None:
+        return []  # not a proxy's config: checked on its own
     for image in images_for(lab, include):
         lab.in_background(
             ("disruptions", include.snippet, image.key),
@@ -168,8 +169,20 @@ def run_disruptions(
     return results
 
 
+def proxy_for(snippet: Path) -> str | None:
+    """Which proxy runs a snippet: its folder's, or Caddy for the Compose Caddyfile."""
+    folder = snippet.resolve().relative_to(REPO_ROOT / "snippets").parts[0]
+    if folder in PROXY_NAMES:
+        return folder
+    if folder == "compose" and snippet.name == "Caddyfile":
+        return "caddy"
+    return None  # DorkOS's side, or the compose file: checked on their own
+
+
 def images_for(lab: ProxyLab, include: SnippetInclude) -> list[ProxyImage]:
-    return lab.images_for(include.proxy)
+    proxy = proxy_for(include.snippet)
+    assert proxy is not None
+    return lab.images_for(proxy)
 
 
 @contextlib.contextmanager
@@ -180,7 +193,14 @@ def started(
 
     `dorkos` (`mock`, `dorkos_on`) says which DorkOS the run has, and where.
     """
-    if include.proxy == "caddy":
+    if include.proxy == "compose":
+        # The mock answers as the compose file's DorkOS service, by its name.
+        compose = include.snippet.parent / "compose.yml"
+        on_ipv4 = {**dorkos, "dorkos_on": compose_deployment.DORKOS_ON}
+        hosts = compose_deployment.hosts(compose)
+        with lab.run(image, include.snippet, acme=True, hosts=hosts, **on_ipv4) as proxy:
+            yield proxy, SITE_PROPERTIES
+    elif include.proxy == "caddy":
         with lab.run(image, include.snippet, acme=True, **dorkos) as proxy:
             yield proxy, SITE_PROPERTIES
     elif is_events_block(include):

@@ -180,6 +180,7 @@ class ProxyLab:
         with_mock: bool = True,
         mock: MockDorkOS | None = None,
         dorkos_on: tuple[str, ...] = DORKOS_LISTENS_ON,
+        hosts: dict[str, str] | None = None,
     ) -> Iterator[RunningProxy]:
         """Serve one published snippet on port 443 of a private network.
 
@@ -191,7 +192,8 @@ class ProxyLab:
         with `one_core`. `shown_as` is what messages call the snippet, when
         it is not a file of the repository (a variant). `port` is where the
         config serves HTTPS, if not 443. `nginx_log_level` sets the level of
-        Debian's error log, to see what it leaves out by default.
+        Debian's error log, to see what it leaves out by default. `hosts`
+        are names the proxy resolves, as a Compose service's name.
         """
         workdir = self.run_dir(image.key)
         main_config = self._main_config(image, workdir, one_core, events, nginx_log_level)
@@ -201,7 +203,7 @@ class ProxyLab:
         label = f"{served} on {image.description}"
         with contextlib.ExitStack() as stack:
             up = stack.enter_context(self._timed(label))
-            network = stack.enter_context(private_network(f"the private network of {label}"))
+            network = stack.enter_context(private_network(f"the private network of {label}", hosts))
             certificates: Certificates = self.ca
             if acme:
                 certificates = stack.enter_context(

@@ -47,8 +47,11 @@ def _setns(fd: int) -> None:
 class PrivateNetwork:
     """One run's network namespace: who owns it, and how to enter it."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, hosts: dict[str, str] | None = None) -> None:
         self.name = name  # what error messages call it
+        # Names the run's containers resolve besides the reader's domain: a
+        # Compose service's name, as Compose's DNS would answer it.
+        self.hosts = hosts or {}
         self.owner: Container | None = None
         self._fd: int | None = None
 
@@ -59,7 +62,7 @@ class PrivateNetwork:
             # containers that join share this hosts file.
             options: dict[str, Any] = {
                 "network_mode": "none",
-                "extra_hosts": {SERVER_NAME: "127.0.0.1"},
+                "extra_hosts": {SERVER_NAME: "127.0.0.1", **self.hosts},
             }
             if Path("/proc/sys/net/ipv6").is_dir():
                 # Docker turns IPv6 off in such a namespace; a server's
@@ -105,8 +108,8 @@ class PrivateNetwork:
 
 
 @contextlib.contextmanager
-def private_network(name: str) -> Iterator[PrivateNetwork]:
-    network = PrivateNetwork(name)
+def private_network(name: str, hosts: dict[str, str] | None = None) -> Iterator[PrivateNetwork]:
+    network = PrivateNetwork(name, hosts)
     try:
         yield network
     finally:

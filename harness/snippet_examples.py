@@ -37,9 +37,10 @@ CONFIG_LANGUAGES = frozenset(
 INCLUDE = re.compile(r'^\s*-{1,}8<-{1,}\s+"(?P<path>[^":]+)(?::[0-9:,-]*)?"\s*$')
 
 
-# What runs the files under each folder of snippets/: a proxy, or for
-# DorkOS's own side, systemd.
-RUN_UNDER = ("nginx", "caddy", "dorkos")
+# What runs the files under each folder of snippets/: a proxy; for
+# DorkOS's own side, systemd; for the Compose deployment, Caddy (its
+# Caddyfile) and the Compose specification (its compose file).
+RUN_UNDER = ("nginx", "caddy", "dorkos", "compose")
 TITLE = re.compile(r'title="(?P<title>[^"]+)"')
 
 
@@ -170,6 +171,12 @@ def evaluate_snippet(example: Example) -> None:
         with reported_as(subtests, example, "systemd-accepts-it", lambda passed: None):
             assert include.title is not None
             check_drop_in(include.snippet, include.title)
+        return
+    if include.snippet.suffix in (".yml", ".yaml"):
+        from harness import compose_deployment
+
+        with reported_as(subtests, example, "compose-file", lambda passed: None):
+            compose_deployment.check(include.snippet)
         return
     # Usually started when the lab opened, beside every other run.
     for run in flows.start_runs(lab, include):

@@ -95,6 +95,12 @@ def words(prop: str) -> str:
     return PROPERTY_WORDS.get(prop, prop.replace("-", " ").capitalize())
 
 
+def _shown(snippet: str, proxy: str) -> str:
+    """A snippet's name, with its folder when that is not the proxy's own."""
+    path = Path(snippet)
+    return path.name if path.parent.name == proxy else f"{path.parent.name}/{path.name}"
+
+
 def render(data: dict[str, Any]) -> str:
     """One matrix: a row per property, a column per config on each version."""
     outcomes = [Outcome(**o) for o in data["outcomes"]]
@@ -116,7 +122,7 @@ def render(data: dict[str, Any]) -> str:
     for proxy in dict.fromkeys(first[c].proxy for c in columns):
         mine = [c for c in columns if first[c].proxy == proxy]
         header = [
-            f"`{Path(snippet).name}`<br>{first[(snippet, image)].version}"
+            f"`{_shown(snippet, proxy)}`<br>{first[(snippet, image)].version}"
             + ("<br>the page's steps" if image == STEPS_IMAGE else "")
             for snippet, image in mine
         ]

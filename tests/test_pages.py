@@ -12,7 +12,7 @@ from harness.snippet_examples import SNIPPETS, DocsError, SnippetInclude, docs_s
 EXPECTED_EXAMPLES = {
     "docs/index.md": 0,
     "docs/how-it-is-tested.md": 0,
-    "docs/reverse-proxy.md": 4,  # Caddyfile, dorkos.conf, events.conf, the drop-in
+    "docs/reverse-proxy.md": 6,  # Caddy, nginx (2), Compose (2), the drop-in
     "docs/tested-with.md": 0,
     "docs/what-it-costs.md": 0,
 }
@@ -45,6 +45,8 @@ def test_reverse_proxy_page_runs_each_proxy() -> None:
         ("caddy", "snippets/caddy/Caddyfile"),
         ("nginx", "snippets/nginx/dorkos.conf"),
         ("nginx", "snippets/nginx/events.conf"),
+        ("compose", "snippets/compose/compose.yml"),
+        ("compose", "snippets/compose/Caddyfile"),
         ("dorkos", "snippets/dorkos/proxy.conf"),
     ]
 

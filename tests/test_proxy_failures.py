@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -214,6 +215,9 @@ def test_ctrl_c_leaves_no_container_behind(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A process group of its own, as a terminal's foreground job has:
+        # Ctrl-C reaches the whole group, Chromium and its driver included.
+        start_new_session=True,
     )
     client = docker_client()
     try:
@@ -224,7 +228,7 @@ def test_ctrl_c_leaves_no_container_behind(tmp_path: Path) -> None:
             assert run.poll() is None, run.communicate()[0]
             assert time.monotonic() < deadline, "the run never started its proxies"
             time.sleep(0.2)  # polls the engine's list of this run's containers
-        run.send_signal(signal.SIGINT)
+        os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         output, _ = run.communicate(timeout=60)
         left = client.api.containers(all=True, filters=label)
         assert left == [], f"containers left behind: {[c['Names'] for c in left]}\n{output}"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import flows, reader_path
+from harness import compose_deployment, flows, reader_path
 from harness.images import CERTBOT_NGINX_IMAGE, LOCAL_IMAGES, DebianImage
 from harness.lab import ProxyLab
 from harness.proxies import CADDY_CONFIG_ARGS, RECOMMENDED_SNIPPETS, REPO_ROOT
@@ -39,6 +39,56 @@ def test_caddy_tab_is_install_file_reload() -> None:
         "snippets/caddy/Caddyfile as /etc/caddy/Caddyfile",
         "`systemctl reload caddy`",
     ]
+
+
+def test_compose_tab_is_two_files_side_by_side_then_up() -> None:
+    path = steps(PAGE, "Docker Compose")
+    assert shown(path) == [
+        "snippets/compose/compose.yml as /opt/dorkos/compose.yml",
+        "snippets/compose/Caddyfile as /opt/dorkos/Caddyfile",
+        "`docker compose up -d`",
+    ]
+    compose, caddyfile, _ = path
+    assert compose.place and caddyfile.place and compose.snippet
+    # The Caddyfile goes where the compose file mounts it from.
+    placed = Path(compose.place).parent / caddyfile.snippet.name  # type: ignore[union-attr]
+    assert str(placed) == caddyfile.place
+    assert compose_deployment.mounted_caddyfile(compose.snippet) == caddyfile.snippet
+
+
+def write_compose(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "Caddyfile").write_text("dorkos.example.com {\n\treverse_proxy dorkos:4242\n}\n")
+    compose = tmp_path / "compose.yml"
+    compose.write_text(text)
+    return compose
+
+
+PUBLISHED_COMPOSE = (REPO_ROOT / "snippets" / "compose" / "compose.yml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (("    image: caddy:2", "    imag: caddy:2"), r"(?s)not valid.*'imag' was unexpected"),
+        (("      DORKOS_TRUSTED_HOSTS: dorkos.example.com\n", ""), "does not set DORKOS_TRUSTED"),
+        (
+            (
+                "    restart: unless-stopped\n    environment",
+                '    ports: ["4242:4242"]\n    restart: unless-stopped\n    environment',
+            ),
+            "publishes",
+        ),
+        (('      - "443:443"\n', ""), "does not publish 80 and 443"),
+    ],
+    ids=["schema", "trusted-hosts", "dorkos-published", "no-443"],
+)
+def test_a_broken_compose_file_is_named_with_what_is_wrong(
+    tmp_path: Path, change: tuple[str, str], error: str
+) -> None:
+    assert change[0] in PUBLISHED_COMPOSE
+    compose = write_compose(tmp_path, PUBLISHED_COMPOSE.replace(*change))
+    with pytest.raises(compose_deployment.ComposeError, match=error):
+        compose_deployment.check(compose)
 
 
 def test_caddy_tab_installs_the_package_the_suite_runs() -> None:
