@@ -31,13 +31,15 @@ GIXY = Path(sys.executable).parent / "gixy"
 NGINX_SITE_CONFIGS = sorted(
     p for p in (SNIPPETS / "nginx").glob("*.conf") if p != NGINX_EVENTS_SNIPPET
 )
-CADDYFILES = sorted((SNIPPETS / "caddy").glob("Caddyfile*"))
+CADDYFILES = sorted(SNIPPETS.glob("*/Caddyfile*"))
 
 
 def explained_findings() -> set[str]:
     """The Gixy-Next plugins the page's section names, as `- **`plugin`**`."""
     text = PAGE.read_text()
-    section = text.split("### What nginx linters say", 1)[1].split("\n#", 1)[0]
+    heading = re.search(r"^#+ What nginx linters say$", text, re.MULTILINE)
+    assert heading is not None, f"{PAGE.name} has no 'What nginx linters say' section"
+    section = text[heading.end() :].split("\n#", 1)[0]
     return set(re.findall(r"^- \*\*`([a-z_]+)`\*\*", section, re.MULTILINE))
 
 
@@ -95,7 +97,7 @@ def test_page_explains_at_least_one_finding() -> None:
     assert "proxy_buffering_off" in explained_findings()
 
 
-@pytest.mark.parametrize("caddyfile", CADDYFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("caddyfile", CADDYFILES, ids=lambda p: str(p.relative_to(SNIPPETS)))
 def test_caddyfile_is_what_caddy_fmt_writes(caddyfile: Path) -> None:
     formatted = subprocess.run(
         [str(CaddyBinaryImage("fmt", "caddy", "caddy fmt").binary), "fmt", str(caddyfile)],
