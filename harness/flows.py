@@ -113,14 +113,23 @@ def run_example(lab: ProxyLab, include: SnippetInclude, image: ProxyImage) -> Ru
             not_checked = AssertionError("not checked: the proxy did not start (see above)")
             names = [p.name for p in PROPERTIES] + [name for name, _ in DISRUPTIONS]
             return RunOutcome(image, error, dict.fromkeys(names, not_checked))
-        properties = (*PROPERTIES, *extra)
-        futures = run_contract(proxy, lab.mock, properties)
-        # Wait for every property before the proxy is stopped.
-        results: dict[str, str | BaseException] = {}
-        for prop in properties:
-            failure = futures[prop.name].exception()
-            results[prop.name] = failure if failure is not None else futures[prop.name].result()
+        results = contract_results(proxy, lab.mock, (*PROPERTIES, *extra))
     return RunOutcome(image, None, {**results, **disrupted.result()})
+
+
+def contract_results(
+    proxy: RunningProxy, mock: MockDorkOS, properties: tuple[Property, ...]
+) -> dict[str, str | BaseException]:
+    """Every property's summary, or why it failed, once all have finished.
+
+    The caller stops the proxy only after this returns.
+    """
+    futures = run_contract(proxy, mock, properties)
+    results: dict[str, str | BaseException] = {}
+    for prop in properties:
+        failure = futures[prop.name].exception()
+        results[prop.name] = failure if failure is not None else futures[prop.name].result()
+    return results
 
 
 # Where the disruption runs' DorkOS listens: the loopback address the
@@ -227,19 +236,10 @@ def run_nginx_path(lab: ProxyLab) -> RunOutcome:
             not_checked = AssertionError("not checked: the steps did not complete (see above)")
             names = [p.name for p in PROPERTIES] + [p.name for p in SITE_PROPERTIES]
             return RunOutcome(image, error, dict.fromkeys([*names, RENEWS], not_checked))
-        properties = (
-            *PROPERTIES,
-            *SITE_PROPERTIES,
-            # Last: it swaps the certificate under the other checks.
-            Property(RENEWS, lambda e, m: result.renew()),
-        )
-        futures = run_contract(result.proxy, lab.mock, properties[:-1])
-        results: dict[str, str | BaseException] = {}
-        for prop in properties[:-1]:
-            failure = futures[prop.name].exception()
-            results[prop.name] = failure if failure is not None else futures[prop.name].result()
+        results = contract_results(result.proxy, lab.mock, (*PROPERTIES, *SITE_PROPERTIES))
+        # After the contract: it swaps the certificate under the other checks.
         try:
-            results[RENEWS] = run_check(properties[-1].check, result.proxy, lab.mock)
+            results[RENEWS] = run_check(lambda e, m: result.renew(), result.proxy, lab.mock)
         except Exception as error:
             results[RENEWS] = error
     return RunOutcome(image, None, results)

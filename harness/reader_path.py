@@ -168,13 +168,19 @@ def _without_sudo(command: str) -> str:
 # --- the nginx path --------------------------------------------------------
 
 
-def _exec(container: Container, command: list[str], step: Step, acme: AcmeDirectory) -> str:
+def _output(container: Container, command: list[str]) -> tuple[int | None, str]:
+    """Run a command in the container: its exit code and output."""
     code, output = container.exec_run(
         command,
+        # certbot trusts the ACME server's own CA, as it trusts Let's Encrypt's.
         environment={"REQUESTS_CA_BUNDLE": "/etc/dorkos-docs/acme-directory-ca.pem"},
     )
     # Not streamed, so the output is bytes (the stubs allow an iterator).
-    text = bytes(output).decode(errors="replace")  # type: ignore[arg-type]
+    return code, bytes(output).decode(errors="replace")  # type: ignore[arg-type]
+
+
+def _exec(container: Container, command: list[str], step: Step, acme: AcmeDirectory) -> str:
+    code, text = _output(container, command)
     if code != 0:
         raise AcmeStepFailed(
             f"{step.where}: {step} failed (ran `{shlex.join(command)}`, exit {code}):\n"
@@ -201,8 +207,7 @@ def non_interactive(command: list[str], acme: AcmeDirectory) -> list[str]:
 def unit_reload_command(container: Container, service: str) -> list[str]:
     """What `systemctl reload <service>` runs: the package's own ExecReload."""
     unit = f"/lib/systemd/system/{service}.service"
-    code, output = container.exec_run(["cat", unit])
-    text = bytes(output).decode(errors="replace")  # type: ignore[arg-type]
+    code, text = _output(container, ["cat", unit])
     found = re.findall(r"^ExecReload=-?(.+)$", text, re.MULTILINE)
     if code != 0 or len(found) != 1:
         raise PathError(f"{unit} in the image has no one ExecReload= line: {text[:300]!r}")
@@ -216,7 +221,6 @@ class NginxPath:
     proxy: RunningProxy
     acme: AcmeDirectory
     steps: list[Step]
-    ran: list[str]  # each step, as the container ran it
 
     def renew(self) -> str:
         """Force a renewal as certbot's timer would; nginx must serve the new certificate."""
@@ -264,8 +268,7 @@ def _put_file(container: Container, path: str, data: bytes) -> None:
 
 
 def _read_file(container: Container, path: str) -> str:
-    code, output = container.exec_run(["cat", path])
-    text = bytes(output).decode(errors="replace")  # type: ignore[arg-type]
+    code, text = _output(container, ["cat", path])
     if code != 0:
         raise PathError(f"could not read {path} in {container.name}: {text}")
     return text
@@ -307,11 +310,8 @@ def nginx_commands(step: Step) -> list[tuple[str, list[str]]]:
 class _NginxRunner:
     """Runs each nginx step in the container, as the reader's shell would."""
 
-    def __init__(
-        self, container: Container, image: DebianImage, acme: AcmeDirectory, network: PrivateNetwork
-    ) -> None:
-        self.container, self.image, self.acme, self.network = container, image, acme, network
-        self.ran: list[str] = []
+    def __init__(self, container: Container, image: DebianImage, acme: AcmeDirectory) -> None:
+        self.container, self.image, self.acme = container, image, acme
 
     def run(self, step: Step) -> None:
         if step.snippet is not None:
@@ -327,21 +327,17 @@ class _NginxRunner:
                 f"{step.where}: the page installs {', '.join(packages)}; the image the path "
                 f"runs in ({self.image.key}) is built with {', '.join(self.image.packages)}"
             )
-        self.ran.append(f"apt-get install {' '.join(self.image.packages)} (the image's build)")
 
     def _certbot(self, step: Step, words: list[str]) -> None:
         command = non_interactive(words, self.acme)
         _exec(self.container, command, step, self.acme)
-        self.ran.append(shlex.join(command))
 
     def _run(self, step: Step, words: list[str]) -> None:
         _exec(self.container, words, step, self.acme)
-        self.ran.append(shlex.join(words))
 
     def _reload(self, step: Step, words: list[str]) -> None:
         command = unit_reload_command(self.container, "nginx")
         _exec(self.container, command, step, self.acme)
-        self.ran.append(f"{shlex.join(command)} (nginx.service's ExecReload)")
 
     def _place(self, step: Step) -> None:
         assert step.snippet is not None and step.place is not None
@@ -355,7 +351,6 @@ class _NginxRunner:
         elif not place.startswith("/etc/nginx/"):
             raise PathError(f"{step.where}: nginx does not read {place}")
         _put_file(self.container, place, data)
-        self.ran.append(f"write {place} ({relative(step.snippet)})")
 
 
 @contextlib.contextmanager
@@ -382,7 +377,7 @@ def nginx_path(
         **image.container_options(),
         waiting_for="Debian's nginx answering HTTP on 127.0.0.1:80, as installed",
     ) as container:
-        runner = _NginxRunner(container, image, acme, network)
+        runner = _NginxRunner(container, image, acme)
         for step in path:
             runner.run(step)
         target = https_target(acme)
@@ -390,7 +385,7 @@ def nginx_path(
         _check_files(container, path)
         label = f"the nginx path of {relative(path[0].page)}"
         proxy = RunningProxy(image, label, container, target, network)
-        yield NginxPath(proxy, acme, path, runner.ran)
+        yield NginxPath(proxy, acme, path)
 
 
 def _check_files(container: Container, path: list[Step]) -> None:
@@ -407,8 +402,8 @@ def _check_files(container: Container, path: list[Step]) -> None:
             raise AssertionError(
                 f"{place} at the end of the path is not {relative(step.snippet)} byte for byte"
             )
-    code, output = container.exec_run(["ls", "/etc/nginx/conf.d"])
-    listed = bytes(output).decode().split()  # type: ignore[arg-type]
+    code, output = _output(container, ["ls", "/etc/nginx/conf.d"])
+    listed = output.split()
     placed = {
         Path(s.place).name for s in path if s.place and s.place.startswith("/etc/nginx/conf.d/")
     }

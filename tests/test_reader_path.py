@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import compose_deployment, flows, reader_path
+from harness import compose_deployment, flows, reader_path, tls
 from harness.images import CERTBOT_NGINX_IMAGE, LOCAL_IMAGES, DebianImage
 from harness.lab import ProxyLab
-from harness.proxies import CADDY_CONFIG_ARGS, RECOMMENDED_SNIPPETS, REPO_ROOT
+from harness.proxies import RECOMMENDED_SNIPPETS, REPO_ROOT, caddy_launch
 from harness.reader_path import PathError, Step, steps
 
 PAGE = reader_path.REVERSE_PROXY_PAGE
@@ -91,7 +91,7 @@ def test_a_broken_compose_file_is_named_with_what_is_wrong(
         compose_deployment.check(compose)
 
 
-def test_caddy_tab_installs_the_package_the_suite_runs() -> None:
+def test_caddy_tab_installs_the_package_the_suite_runs(tmp_path: Path) -> None:
     debian = [i for i in LOCAL_IMAGES if isinstance(i, DebianImage) and i.proxy == "caddy"]
     (install, placed, _) = steps(PAGE, "Caddy")
     assert install.command is not None
@@ -99,7 +99,8 @@ def test_caddy_tab_installs_the_package_the_suite_runs() -> None:
     # Runs put the published Caddyfile where Debian's caddy.service reads it.
     assert placed.place == "/etc/caddy/Caddyfile"
     assert placed.snippet == REPO_ROOT / RECOMMENDED_SNIPPETS["caddy"]
-    assert CADDY_CONFIG_ARGS[1].endswith(".Caddyfile")
+    launch = caddy_launch([placed.snippet], tls.TestCA.create(tmp_path / "ca"), tmp_path)
+    assert launch.configs_in_container[placed.place] == placed.snippet
 
 
 def test_nginx_tab_ends_in_the_published_config() -> None:
