@@ -308,7 +308,7 @@ def _http_answers() -> None:
 NGINX_COMMANDS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^apt(-get)? install\b"), "_installed"),
     (re.compile(r"^certbot certonly --nginx\b"), "_certbot"),
-    (re.compile(r"^nginx -t$"), "_run"),
+    (re.compile(r"^nginx -t$"), "_check_config"),
     (re.compile(r"^systemctl reload nginx$"), "_reload"),
 )
 
@@ -350,11 +350,26 @@ class _NginxRunner:
             )
 
     def _certbot(self, step: Step, words: list[str]) -> None:
-        command = non_interactive(words, self.acme)
-        _exec(self.container, command, step, self.acme)
+        # The page says certonly changes none of nginx's files.
+        before = self._nginx_files()
+        _exec(self.container, non_interactive(words, self.acme), step, self.acme)
+        changed = sorted(set(self._nginx_files().splitlines()) ^ set(before.splitlines()))
+        if changed:
+            raise PathError(f"{step.where}: {step} changed files of nginx's: {changed}")
 
-    def _run(self, step: Step, words: list[str]) -> None:
-        _exec(self.container, words, step, self.acme)
+    def _nginx_files(self) -> str:
+        return _exec(
+            self.container,
+            ["sh", "-c", "find /etc/nginx -type f | sort | xargs sha256sum"],
+            Step(Path(), 0, command="checksums of /etc/nginx"),
+            self.acme,
+        )
+
+    def _check_config(self, step: Step, words: list[str]) -> None:
+        said = _exec(self.container, words, step, self.acme)
+        # What the page tells the reader to look for.
+        if "test is successful" not in said:
+            raise PathError(f"{step.where}: {step} did not say `test is successful`:\n{said}")
 
     def _reload(self, step: Step, words: list[str]) -> None:
         command = unit_reload_command(self.container, "nginx")
