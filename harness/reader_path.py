@@ -20,6 +20,7 @@ cannot gain a step the suite does not run.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import io
 import re
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker
+import docker.errors
 from docker.models.containers import Container
 
 from harness import margins
@@ -289,10 +291,16 @@ def _put_file(container: Container, path: str, data: bytes) -> None:
 
 
 def _read_file(container: Container, path: str) -> str:
-    code, text = _output(container, ["cat", path])
-    if code != 0:
-        raise PathError(f"could not read {path} in {container.name}: {text}")
-    return text
+    """A file of the container, as Docker copies it out (not through a command's output)."""
+    try:
+        stream, _ = container.get_archive(path)
+    except docker.errors.NotFound:
+        raise PathError(f"{path} does not exist in {container.name}") from None
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        member = tar.extractfile(Path(path).name)
+        if member is None:
+            raise PathError(f"{path} in {container.name} is not a file")
+        return member.read().decode()
 
 
 def _http_answers() -> None:
@@ -435,8 +443,17 @@ def _check_files(container: Container, path: list[Step]) -> None:
             if step.snippet.read_text() not in held:
                 raise AssertionError(f"{place} at the end does not hold {relative(step.snippet)}")
         elif held != step.snippet.read_text():
+            diff = "".join(
+                difflib.unified_diff(
+                    step.snippet.read_text().splitlines(keepends=True),
+                    held.splitlines(keepends=True),
+                    fromfile=relative(step.snippet),
+                    tofile=f"{place}, at the end",
+                )
+            )
             raise AssertionError(
-                f"{place} at the end of the path is not {relative(step.snippet)} byte for byte"
+                f"{place} at the end of the path is not {relative(step.snippet)} byte for "
+                f"byte:\n{diff[:3000]}"
             )
     code, output = _output(container, ["ls", "/etc/nginx/conf.d"])
     listed = output.split()
