@@ -171,15 +171,22 @@ def _without_sudo(command: str) -> str:
 # --- the nginx path --------------------------------------------------------
 
 
+_OUTPUT = "/run/dorkos-docs-step.out"
+
+
 def _output(container: Container, command: list[str]) -> tuple[int | None, str]:
-    """Run a command in the container: its exit code and output."""
-    code, output = container.exec_run(
-        command,
+    """Run a command in the container: its exit code and output.
+
+    The output goes to a file in the container, read back as Docker copies
+    it out: a check that reads what a command printed must not depend on an
+    exec's output stream (see _read_file).
+    """
+    code, _ = container.exec_run(
+        ["sh", "-c", f'"$@" > {_OUTPUT} 2>&1', "sh", *command],
         # certbot trusts the ACME server's own CA, as it trusts Let's Encrypt's.
         environment={"REQUESTS_CA_BUNDLE": "/etc/dorkos-docs/acme-directory-ca.pem"},
     )
-    # Not streamed, so the output is bytes (the stubs allow an iterator).
-    return code, bytes(output).decode(errors="replace")  # type: ignore[arg-type]
+    return code, _read_file(container, _OUTPUT)
 
 
 def _exec(container: Container, command: list[str], step: Step, acme: AcmeDirectory) -> str:
