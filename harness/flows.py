@@ -12,6 +12,9 @@
 - The page's nginx steps as a whole (`run_nginx_path`): Debian's packages,
   certbot's certificate, the published files where the page puts them,
   the reload; then the contract, and a renewal nginx must pick up.
+- The page's Caddy steps as a whole (`run_caddy_path`): Debian's package
+  as installed, the published Caddyfile in its place, the unit's reload,
+  and a certificate from "Let's Encrypt"; then the contract.
 
 Every site config is also checked for its plain-HTTP redirect and for
 answering on IPv6.
@@ -40,7 +43,7 @@ from harness.contract import (
 )
 from harness.disruptions import check_dorkos_restart, check_proxy_reload
 from harness.endpoints import Endpoint, run_check
-from harness.images import CERTBOT_NGINX_IMAGE, ProxyImage
+from harness.images import CADDY_PATH_IMAGE, CERTBOT_NGINX_IMAGE, ProxyImage
 from harness.lab import ProxyLab
 from harness.mock_dorkos import Listening, MockDorkOS, MockSettings
 from harness.proxies import NGINX_EVENTS_SNIPPET, RECOMMENDED_SNIPPETS, REPO_ROOT, RunningProxy
@@ -225,24 +228,39 @@ def started(
         raise ValueError(f"{include.snippet_name}: no proxy runs {include.proxy} configs")
 
 
+def _steps_did_not_complete(image: ProxyImage, error: Exception, *extra: str) -> RunOutcome:
+    not_checked = AssertionError("not checked: the steps did not complete (see above)")
+    names = [p.name for p in (*PROPERTIES, *SITE_PROPERTIES)]
+    return RunOutcome(image, error, dict.fromkeys([*names, *extra], not_checked))
+
+
 def run_nginx_path(lab: ProxyLab) -> RunOutcome:
     """The page's nginx steps in order, then the contract on where they end."""
     path = reader_path.steps(reader_path.REVERSE_PROXY_PAGE, "nginx")
-    image = CERTBOT_NGINX_IMAGE
     with contextlib.ExitStack() as stack:
         try:
             result = stack.enter_context(lab.nginx_path(path))
         except Exception as error:
-            not_checked = AssertionError("not checked: the steps did not complete (see above)")
-            names = [p.name for p in PROPERTIES] + [p.name for p in SITE_PROPERTIES]
-            return RunOutcome(image, error, dict.fromkeys([*names, RENEWS], not_checked))
+            return _steps_did_not_complete(CERTBOT_NGINX_IMAGE, error, RENEWS)
         results = contract_results(result.proxy, lab.mock, (*PROPERTIES, *SITE_PROPERTIES))
         # After the contract: it swaps the certificate under the other checks.
         try:
             results[RENEWS] = run_check(lambda e, m: result.renew(), result.proxy, lab.mock)
         except Exception as error:
             results[RENEWS] = error
-    return RunOutcome(image, None, results)
+    return RunOutcome(CERTBOT_NGINX_IMAGE, None, results)
+
+
+def run_caddy_path(lab: ProxyLab) -> RunOutcome:
+    """The page's Caddy steps in order, then the contract on where they end."""
+    path = reader_path.steps(reader_path.REVERSE_PROXY_PAGE, "Caddy")
+    with contextlib.ExitStack() as stack:
+        try:
+            proxy = stack.enter_context(lab.caddy_path(path))
+        except Exception as error:
+            return _steps_did_not_complete(CADDY_PATH_IMAGE, error)
+        results = contract_results(proxy, lab.mock, (*PROPERTIES, *SITE_PROPERTIES))
+    return RunOutcome(CADDY_PATH_IMAGE, None, results)
 
 
 RENEWS = "certbot-renewal-reaches-nginx"

