@@ -21,8 +21,13 @@ from harness.proxies import REPO_ROOT
 DATA_FILE = REPO_ROOT / "data" / "tested-with.json"
 PROXY_NAMES = {"caddy": "Caddy", "nginx": "nginx"}
 TABLE_FILE = REPO_ROOT / "generated" / "tested-with.md"
-# The image the nginx tab's steps run in, from Debian's packages on.
-STEPS_IMAGE = "nginx-certbot-debian12"
+# A column for a tab's steps run whole, apart from the same image's runs of
+# the snippet alone: its key is the image's with this after it.
+STEPS_SUFFIX = ":steps"
+
+
+def steps_column(image_key: str) -> str:
+    return f"{image_key}{STEPS_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -101,8 +106,12 @@ def _shown(snippet: str, proxy: str) -> str:
     return path.name if path.parent.name == proxy else f"{path.parent.name}/{path.name}"
 
 
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
 def render(data: dict[str, Any]) -> str:
-    """One matrix: a row per property, a column per config on each version."""
+    """A table per config: a row per property, a column per version it ran on."""
     outcomes = [Outcome(**o) for o in data["outcomes"]]
     columns = list(dict.fromkeys((o.snippet, o.image) for o in outcomes))
     first = {c: next(o for o in outcomes if (o.snippet, o.image) == c) for c in columns}
@@ -118,17 +127,24 @@ def render(data: dict[str, Any]) -> str:
         f"Run on {data['run_on']}. ✓ passed, **✗** failed; a blank cell is a check that "
         f"config does not have.",
     ]
-    # A table per proxy: all of them side by side are wider than the page.
-    for proxy in dict.fromkeys(first[c].proxy for c in columns):
-        mine = [c for c in columns if first[c].proxy == proxy]
+    # A table per config, a column per version: narrow enough for a phone.
+    for snippet in sorted({snippet for snippet, _ in columns}):
+        # The page's steps first, then the versions from oldest to newest.
+        mine = sorted(
+            (c for c in columns if c[0] == snippet),
+            key=lambda c: (not c[1].endswith(STEPS_SUFFIX), _version_key(first[c].version)),
+        )
+        proxy = first[mine[0]].proxy
         header = [
-            f"`{_shown(snippet, proxy)}`<br>{first[(snippet, image)].version}"
-            + ("<br>the page's steps" if image == STEPS_IMAGE else "")
-            for snippet, image in mine
+            first[column].version
+            + ("<br>the page's steps" if column[1].endswith(STEPS_SUFFIX) else "")
+            for column in mine
         ]
         lines += [
             "",
-            f"| {PROXY_NAMES[proxy]} | " + " | ".join(header) + " |",
+            f"## {PROXY_NAMES[proxy]}: `{_shown(snippet, proxy)}`",
+            "",
+            "| Check | " + " | ".join(header) + " |",
             "|---|" + ":---:|" * len(mine),
         ]
         for prop in props:
