@@ -276,17 +276,28 @@ TALLEST_ROW_ON_A_PHONE = 600
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
-def test_table_rows_fit_a_phone(
-    chromium: object, served: str, built_site: Path, page: Path
-) -> None:
+def test_tables_fit_a_phone(chromium: object, served: str, built_site: Path, page: Path) -> None:
+    """At 390 px no table is wider than the text column, and no row is a screen tall."""
     with opened(chromium, page_url(served, built_site, page)) as (browser_page, errors):
         browser_page.set_viewport_size({"width": PHONE_WIDTH, "height": 844})  # type: ignore[attr-defined]
-        rows = browser_page.evaluate(  # type: ignore[attr-defined]
-            """() => [...document.querySelectorAll('article tr')].map((r) => [
-                 Math.round(r.getBoundingClientRect().height),
-                 r.innerText.replace(/\\s+/g, ' ').trim().slice(0, 60)])"""
+        column, tables, rows = browser_page.evaluate(  # type: ignore[attr-defined]
+            """() => {
+              const article = document.querySelector('article');
+              const text = (e) => e.innerText.replace(/\\s+/g, ' ').trim().slice(0, 60);
+              return [
+                article.clientWidth,
+                [...article.querySelectorAll('table')].map((t) => [
+                  Math.round(t.getBoundingClientRect().width), text(t.rows[0] ?? t)]),
+                [...article.querySelectorAll('tr')].map((r) => [
+                  Math.round(r.getBoundingClientRect().height), text(r)]),
+              ];
+            }"""
         )
     assert errors == []
+    wide = [f"{width} px: {head!r}" for width, head in tables if width > column]
+    assert not wide, (
+        f"{page.name}: tables wider than the {column} px column at {PHONE_WIDTH} px: {wide}"
+    )
     tall = [f"{height} px: {text!r}" for height, text in rows if height > TALLEST_ROW_ON_A_PHONE]
     assert not tall, (
         f"{page.name} at {PHONE_WIDTH} px: table rows taller than {TALLEST_ROW_ON_A_PHONE} px: "
