@@ -14,16 +14,24 @@ TIMED := scripts/timed
 export DORKOS_DOCS_STATE ?= .cache
 SETUP_TIMES := $(DORKOS_DOCS_STATE)/setup-times.tsv
 
-.PHONY: serve site test check lint typecheck host browser images necessity tested-with bench soak conformance clean
+.PHONY: serve site test check lock lint typecheck host browser images necessity tested-with bench soak conformance clean
 
 # uv installs the packages: pip took about a minute of a cold run's five on
-# two cores, uv about a quarter of that (it downloads side by side).
-$(INSTALLED): pyproject.toml
-	$(TIMED) "Python packages (venv, uv pip install)" sh -ec '\
+# two cores, uv about a quarter of that (it downloads side by side). It
+# installs exactly what uv.lock names, hashes checked; `--locked` fails when
+# pyproject.toml asks for something the lock does not hold (run `make lock`).
+UV_VERSION := 0.13.9
+$(INSTALLED): pyproject.toml uv.lock
+	$(TIMED) "Python packages (venv, uv pip install from uv.lock)" sh -ec '\
 	  $(PYTHON) -m venv $(VENV); \
-	  $(BIN)/pip install --quiet --disable-pip-version-check "uv>=0.5"; \
-	  $(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[dev]"'
+	  $(BIN)/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"; \
+	  $(BIN)/uv export --quiet --locked --extra dev --format requirements-txt -o $(VENV)/locked.txt; \
+	  $(BIN)/uv pip install --quiet --python $(BIN)/python -r $(VENV)/locked.txt'
 	touch $@
+
+## lock: move every Python dependency to its newest release pyproject.toml allows; rewrites uv.lock
+lock: $(INSTALLED)
+	$(BIN)/uv lock --upgrade
 
 ## serve: build the site and serve it on http://127.0.0.1:8000 with live reload
 serve: $(INSTALLED)
