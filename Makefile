@@ -74,11 +74,12 @@ soak: $(INSTALLED) host images
 conformance: $(INSTALLED) host images browser
 	$(BIN)/python -m harness.conformance --write
 
-## lint / typecheck: ruff and mypy over the Python code; the CI workflow against its schema
+## lint / typecheck: ruff and mypy over the Python code; the CI workflow against its schema and zizmor
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(BIN)/zizmor --offline --quiet .github/workflows/
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy
