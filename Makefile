@@ -29,9 +29,9 @@ $(INSTALLED): pyproject.toml uv.lock
 	  $(BIN)/uv pip install --quiet --python $(BIN)/python -r $(VENV)/locked.txt'
 	touch $@
 
-## lock: move every Python dependency to its newest release pyproject.toml allows; rewrites uv.lock
+## lock: move every Python dependency (or only PACKAGE=name) to its newest release pyproject.toml allows; rewrites uv.lock
 lock: $(INSTALLED)
-	$(BIN)/uv lock --upgrade
+	$(BIN)/uv lock $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade)
 
 ## serve: build the site and serve it on http://127.0.0.1:8000 with live reload
 serve: $(INSTALLED)
@@ -79,7 +79,7 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
-	$(BIN)/zizmor --offline --quiet .github/workflows/
+	$(BIN)/zizmor --offline --quiet --persona=pedantic .github/workflows/
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy

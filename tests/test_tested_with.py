@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from harness import tested_with
 from harness.contract import PROPERTIES
 from harness.flows import DISRUPTIONS, RENEWS, proxy_for
 from harness.images import CADDY_PATH_IMAGE, CERTBOT_NGINX_IMAGE, LOCAL_IMAGES
+from harness.lab import ProxyLab
 from harness.proxies import REPO_ROOT
 from harness.snippet_examples import SNIPPETS
 from harness.tested_with import steps_column
@@ -46,6 +49,25 @@ def test_table_covers_every_version_and_property() -> None:
             else:  # certbot renews for nginx; Caddy renews by itself
                 wanted = steps | ({RENEWS} if "nginx" in image else set())
             assert wanted <= props, f"{snippet} on {image}: {wanted - props}; {REGENERATE}"
+
+
+@pytest.mark.docker
+def test_proxies_this_run_are_the_versions_the_page_names(proxy_lab: ProxyLab) -> None:
+    """A new Caddy in the lock, or a Debian point release in the archive,
+    changes what the suite runs; the page must not keep naming the old one."""
+    named: dict[str, set[str]] = {}
+    for o in tested_with.load()["outcomes"]:
+        named.setdefault(o["image"].removesuffix(tested_with.STEPS_SUFFIX), set()).add(o["version"])
+    # Official images (DORKOS_DOCS_IMAGES=official) are not on the page.
+    images = [i for i in (*proxy_lab.images, CERTBOT_NGINX_IMAGE) if i.key in named]
+    assert images, f"none of {[i.key for i in proxy_lab.images]} is on the page; {REGENERATE}"
+    differ = [
+        f"{image.key} runs {image.proxy} {proxy_lab.version(image)}, the page names "
+        + " and ".join(sorted(named[image.key]))
+        for image in images
+        if {proxy_lab.version(image)} != named[image.key]
+    ]
+    assert differ == [], "; ".join(differ) + f"; {REGENERATE}"
 
 
 def test_rendered_table_matches_its_data() -> None:
