@@ -25,16 +25,13 @@ outcome through each published config beside the black-box answers.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import functools
 import hashlib
-import itertools
 import json
 import secrets
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,40 +40,33 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from harness import browser, check_it_works, real_dorkos
-from harness.conformance import page_assets, until_turn_ends
+from harness.conformance import until_turn_ends
 from harness.contract import Property, run_contract
 from harness.endpoints import ContractViolation, Endpoint, violation
 from harness.images import ProxyImage
+from harness.outside_checks import (
+    ANSWER_S,
+    QUIET_STREAM_S,
+    SOCKET_STOPS,
+    forwarded,
+    next_frame,
+    page_socket,
+    quiet_streams_survive,
+    socket_heartbeats,
+    sse_heartbeats,
+)
 from harness.proxies import RECOMMENDED_SNIPPETS, REPO_ROOT, RunningProxy
-from harness.sse_client import EventStream, Frame, open_stream
+from harness.sse_client import Frame, open_stream
 from harness.stream_checks import StreamEnded
 from harness.tested_with import PROXY_NAMES
 from harness.ws_client import (
-    HEARTBEAT_EVENT,
-    HandshakeRefused,
-    HandshakeUnanswered,
     SocketClosed,
-    open_socket,
 )
 
 if TYPE_CHECKING:
     from harness.lab import ProxyLab
     from harness.real_dorkos import DorkosBuild
 
-# DorkOS sends a heartbeat every 15 s on its global stream, over both
-# transports. A proxy passes each on at once or holds it until it has more
-# (a buffer, a compressor); the bound between two is far from 15 s, and far
-# below the for ever a buffered heartbeat takes.
-HEARTBEAT_S = 15.0
-HEARTBEAT_BOUND_S = 30.0
-HEARTBEATS_WATCHED = 2
-# nginx's and most proxies' default read timeout is 60 s; a quiet stream
-# kept past it, by a margin, shows it is DorkOS's heartbeat that keeps it.
-QUIET_STREAM_S = 75.0
-# How long what should come at once (an answer, a reply's turn) may take on
-# a busy two-core machine: the test runtime answers in milliseconds.
-ANSWER_S = 20.0
-SOCKET_STOPS = (TimeoutError, SocketClosed)
 # The test runtime's answer to a message: the text it echoes, and the event
 # that ends the turn.
 MESSAGE = "hi"
@@ -106,85 +96,6 @@ class Check:
 class Outcome:
     passed: bool
     summary: str  # what it measured, or why it failed (the first line of it)
-
-
-# -- heartbeats ------------------------------------------------------------
-
-
-def _next(stream: EventStream, *, events_only: bool = True) -> Frame:
-    """The next event of an SSE stream (or frame, comments included)."""
-    taken = stream.take(1, events_only=events_only)
-    if not taken:
-        raise StreamEnded("the response ended")
-    return taken[0]
-
-
-def _gaps(arrivals: list[float]) -> list[float]:
-    return [later - earlier for earlier, later in itertools.pairwise(arrivals)]
-
-
-def _heartbeats_within_bound(endpoint: Endpoint, transport: str, arrivals: list[float]) -> str:
-    gaps = _gaps(arrivals)
-    late = [gap for gap in gaps if gap > HEARTBEAT_BOUND_S]
-    if late or len(arrivals) < HEARTBEATS_WATCHED + 1:
-        raise violation(
-            endpoint,
-            f"{transport}: DorkOS's heartbeats (every {HEARTBEAT_S:.0f} s) came "
-            f"{', '.join(f'{g:.1f} s' for g in gaps) or 'never'} apart; bound "
-            f"{HEARTBEAT_BOUND_S:.0f} s: the proxy holds small frames back",
-        )
-    return f"{transport}: heartbeats {', '.join(f'{g:.1f} s' for g in gaps)} apart"
-
-
-def sse_heartbeats(endpoint: Endpoint) -> str:
-    """/api/events over SSE: `connected`, then each heartbeat as it is sent."""
-    arrivals = []
-    with open_stream(endpoint.target, "/api/events", read_timeout=HEARTBEAT_BOUND_S) as stream:
-        if stream.response.status_code != 200:
-            raise violation(
-                endpoint, f"SSE: GET /api/events answered {stream.response.status_code}"
-            )
-        arrivals.append(_next(stream).arrived)
-        with contextlib.suppress(httpx.ReadTimeout, httpx.RemoteProtocolError, StreamEnded):
-            for _ in range(HEARTBEATS_WATCHED):
-                arrivals.append(_next(stream).arrived)
-    return _heartbeats_within_bound(endpoint, "SSE", arrivals)
-
-
-@contextlib.contextmanager
-def _page_socket(endpoint: Endpoint, path: str) -> Iterator[Any]:
-    """A socket opened as the app's page opens it; a refusal is a violation."""
-    try:
-        with open_socket(endpoint.target, path, timeout=ANSWER_S) as sock:
-            yield sock
-    except HandshakeRefused as refused:
-        raise violation(
-            endpoint, f"the upgrade to {path} was answered {refused.status}, not 101"
-        ) from refused
-    except HandshakeUnanswered as unanswered:
-        raise violation(
-            endpoint, f"the upgrade to {path} got no answer in {ANSWER_S:.0f} s"
-        ) from unanswered
-
-
-def socket_heartbeats(endpoint: Endpoint) -> str:
-    """/api/events over a socket: 101 with the page's Origin, then the heartbeats."""
-    arrivals = []
-    with _page_socket(endpoint, "/api/events") as sock:
-        try:
-            (first,) = sock.take(1, timeout=ANSWER_S, events_only=False)
-            arrivals.append(first.arrived)
-            for _ in range(HEARTBEATS_WATCHED):
-                (frame,) = sock.take(1, timeout=HEARTBEAT_BOUND_S, events_only=False)
-                if frame.event == HEARTBEAT_EVENT:
-                    arrivals.append(frame.arrived)
-        except SocketClosed as closed:
-            raise violation(
-                endpoint, f"the socket to /api/events opened, then closed with {closed.code}"
-            ) from closed
-        except TimeoutError:
-            pass  # reported below, with what did arrive
-    return "101 with the page's Origin; " + _heartbeats_within_bound(endpoint, "socket", arrivals)
 
 
 # -- a reply ---------------------------------------------------------------
@@ -228,19 +139,19 @@ def reply(endpoint: Endpoint) -> str:
     path = f"/api/sessions/{session}/events"
     with open_stream(endpoint.target, path, read_timeout=ANSWER_S) as stream:
         try:
-            _next(stream)  # the snapshot: subscribed
+            next_frame(stream)  # the snapshot: subscribed
         except (httpx.ReadTimeout, httpx.RemoteProtocolError, StreamEnded) as error:
             raise violation(
                 endpoint, f"SSE: no reply: not even the snapshot came in {ANSWER_S:.0f} s"
             ) from error
         _send_message(endpoint, session)
         try:
-            frames = until_turn_ends(lambda: _next(stream, events_only=False), ANSWER_S)
+            frames = until_turn_ends(lambda: next_frame(stream, events_only=False), ANSWER_S)
         except (TimeoutError, httpx.ReadTimeout, httpx.RemoteProtocolError, StreamEnded) as error:
             raise violation(endpoint, f"SSE: no reply ({error})") from error
         seen.append(_reply_in(endpoint, "SSE", frames))
     session = str(uuid.uuid4())
-    with _page_socket(endpoint, f"/api/sessions/{session}/events") as sock:
+    with page_socket(endpoint, f"/api/sessions/{session}/events") as sock:
         try:
             sock.take(1, timeout=ANSWER_S)  # the snapshot
         except SOCKET_STOPS as error:
@@ -254,66 +165,6 @@ def reply(endpoint: Endpoint) -> str:
             raise violation(endpoint, f"socket: no reply ({error})") from error
         seen.append(_reply_in(endpoint, "socket", frames))
     return "; ".join(seen)
-
-
-# -- a quiet stream ----------------------------------------------------------
-
-
-def quiet_streams_survive(endpoint: Endpoint) -> str:
-    """/api/events open for 75 s over both transports, kept alive by heartbeats alone."""
-    deadline = time.monotonic() + QUIET_STREAM_S
-    with (
-        open_stream(endpoint.target, "/api/events", read_timeout=HEARTBEAT_BOUND_S) as stream,
-        _page_socket(endpoint, "/api/events") as sock,
-    ):
-        frames = {"SSE": 0, "socket": 0}
-        try:
-            while time.monotonic() < deadline:
-                _next(stream)
-                frames["SSE"] += 1
-                sock.take(1, timeout=HEARTBEAT_BOUND_S, events_only=False)
-                frames["socket"] += 1
-        except (httpx.ReadTimeout, httpx.RemoteProtocolError, StreamEnded, *SOCKET_STOPS) as error:
-            raise violation(
-                endpoint,
-                f"a quiet /api/events stream stopped after "
-                f"{QUIET_STREAM_S - (deadline - time.monotonic()):.0f} s ({error!r}); "
-                f"it must outlive {QUIET_STREAM_S:.0f} s on DorkOS's heartbeats",
-            ) from error
-        kept = [f"{transport}: {count} frames" for transport, count in frames.items()]
-    return f"open {QUIET_STREAM_S:.0f} s; " + ", ".join(kept)
-
-
-# -- what DorkOS reads ---------------------------------------------------------
-
-
-def forwarded(endpoint: Endpoint) -> str:
-    """The reader's Host and scheme reach DorkOS: its guards let the page through."""
-    target = endpoint.target
-    answers = {}
-    with target.client(timeout=ANSWER_S) as client:
-        answers["GET /api/health"] = client.get("/api/health", extensions=target.extensions)
-        answers["GET /api/health with the page's Origin"] = client.get(
-            "/api/health", headers={"Origin": target.origin}, extensions=target.extensions
-        )
-        page = client.get("/", extensions=target.extensions)
-        answers["the app's page"] = page
-        for asset in _crossorigin_assets(page.text):
-            answers[f"{asset} with the page's Origin"] = client.get(
-                asset, headers={"Origin": target.origin}, extensions=target.extensions
-            )
-    wrong = {case: r for case, r in answers.items() if r.status_code != 200}
-    if wrong:
-        raise violation(
-            endpoint,
-            "DorkOS refused what the page sends: "
-            + "; ".join(f"{case}: {r.status_code} {r.text[:120]!r}" for case, r in wrong.items()),
-        )
-    return f"200 to {len(answers)} requests, assets included"
-
-
-def _crossorigin_assets(page: str) -> list[str]:
-    return [url for _, url, crossorigin in page_assets(page) if crossorigin]
 
 
 def visitors_counted_apart(endpoint: Endpoint) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import html.parser
 import json
 import re
 import socket
@@ -32,6 +31,7 @@ from typing import Any
 import httpx
 from wsproto.utilities import RemoteProtocolError
 
+from harness.outside_checks import page_assets
 from harness.proxies import REPO_ROOT
 from harness.sse_client import Frame, Target, open_stream
 from harness.ws_client import (
@@ -577,26 +577,6 @@ def origin_on_http(upstream: Upstream) -> str:
         )
     answers.append(f"Origin with :8443, Host without: {_answer(on_8443)}")
     return "; ".join(answers)
-
-
-class _Assets(html.parser.HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.found: list[tuple[str, str, bool]] = []  # (kind, url, crossorigin)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        named = dict(attrs)
-        if tag == "script" and named.get("src"):
-            self.found.append(("script", str(named["src"]), "crossorigin" in named))
-        elif tag == "link" and named.get("rel") == "stylesheet" and named.get("href"):
-            self.found.append(("stylesheet", str(named["href"]), "crossorigin" in named))
-
-
-def page_assets(page: str) -> list[tuple[str, str, bool]]:
-    """The app's own script and stylesheets a page loads: (kind, path, crossorigin)."""
-    parser = _Assets()
-    parser.feed(page)
-    return [asset for asset in parser.found if asset[1].startswith("/")]
 
 
 def app_assets(upstream: Upstream) -> str:

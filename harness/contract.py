@@ -34,8 +34,7 @@ from harness.endpoints import (
     violation,
 )
 from harness.mock_dorkos import MockDorkOS, RequestRecord, client_address
-from harness.proxies import tls_handshake
-from harness.sse_client import Target, open_stream
+from harness.sse_client import Target, open_stream, tls_handshake
 from harness.stream_checks import (
     HELD_BACK_AFTER_S,
     SILENCE_S,
@@ -260,7 +259,6 @@ def tls_handshake_at(target: Target, version: ssl.TLSVersion, alpn: list[str]) -
     lowers OpenSSL's security level: TLS 1.0 and 1.1 would not even be tried
     at the default one, and a refusal must be the server's.
     """
-    host, port = target.base_url.split("://", 1)[1].rsplit(":", 1)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -269,7 +267,7 @@ def tls_handshake_at(target: Target, version: ssl.TLSVersion, alpn: list[str]) -
         context.minimum_version = context.maximum_version = version
     context.set_ciphers("ALL:@SECLEVEL=0")
     context.set_alpn_protocols(alpn)
-    with socket.create_connection((host, int(port)), timeout=5) as raw:
+    with socket.create_connection(target.address, timeout=5) as raw:
         try:
             with context.wrap_socket(raw, server_hostname=target.server_name) as tls:
                 return tls.selected_alpn_protocol() or "none"

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import socket
-import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from docker.models.containers import Container
 from harness.containers import Mount, log_tail, run_to_completion, running_container
 from harness.images import ProxyImage
 from harness.netns import PrivateNetwork
-from harness.sse_client import Target
+from harness.sse_client import Target, tls_handshake
 from harness.tls import SERVER_NAME, TestCA
 
 if TYPE_CHECKING:
@@ -196,17 +194,6 @@ def https_target(ca: Certificates, port: int = HTTPS_PORT) -> Target:
     """Where clients connect, trusting only the root that `ca` issues under."""
     root = ca.root_cert if isinstance(ca, TestCA) else ca.issuing_root
     return Target(f"https://127.0.0.1:{port}", SERVER_NAME, str(root))
-
-
-def tls_handshake(target: Target) -> ssl.SSLSocket:
-    """A verified TLS connection to the proxy, as a browser would make it."""
-    host, port = target.base_url.split("://", 1)[1].rsplit(":", 1)
-    raw = socket.create_connection((host, int(port)), timeout=5)
-    try:
-        return target.ssl_context().wrap_socket(raw, server_hostname=target.server_name)
-    except BaseException:
-        raw.close()
-        raise
 
 
 @dataclass

@@ -53,9 +53,9 @@ from harness.containers import (
 from harness.images import CERTBOT_NGINX_IMAGE, DebianImage
 from harness.netns import PrivateNetwork
 from harness.nginx_main import NGINX_CONF, with_events_block
-from harness.proxies import REPO_ROOT, RunningProxy, https_target, relative, tls_handshake
+from harness.proxies import REPO_ROOT, RunningProxy, https_target, relative
 from harness.snippet_examples import INCLUDE, TITLE
-from harness.sse_client import Target
+from harness.sse_client import Target, tls_handshake
 from harness.tls import SERVER_NAME
 
 REVERSE_PROXY_PAGE = REPO_ROOT / "docs" / "reverse-proxy.md"

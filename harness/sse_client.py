@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import ssl
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -74,6 +75,8 @@ class Target:
     base_url: str  # e.g. https://127.0.0.1:443
     server_name: str  # e.g. dorkos.example.com
     ca_file: str | None = None
+    # Sent with every request and handshake, e.g. an API key's Authorization.
+    headers: dict[str, str] = field(default_factory=dict)
 
     def ssl_context(self) -> ssl.SSLContext:
         # Trust only the test CA: a config that serves another certificate
@@ -92,7 +95,7 @@ class Target:
             # Loopback only: no proxy to look up in os.environ, which races
             # with pytest's PYTEST_CURRENT_TEST (harness.containers says how).
             trust_env=False,
-            headers={"Host": self.authority},
+            headers={**self.headers, "Host": self.authority},
             timeout=httpx.Timeout(timeout),
             transport=httpx.HTTPTransport(local_address=local_address, verify=verify)
             if local_address
@@ -109,8 +112,9 @@ class Target:
 
     @property
     def address(self) -> tuple[str, int]:
+        """Where to connect: a name, or an address ([::1] without brackets)."""
         host, port = self.base_url.split("://", 1)[1].rsplit(":", 1)
-        return host, int(port)
+        return host.removeprefix("[").removesuffix("]"), int(port)
 
     @property
     def authority(self) -> str:
@@ -123,6 +127,16 @@ class Target:
     def origin(self) -> str:
         """What a browser sends as Origin from a page of this site."""
         return f"{self.scheme}://{self.authority}"
+
+
+def tls_handshake(target: Target) -> ssl.SSLSocket:
+    """A verified TLS connection to the server, as a browser would make it."""
+    raw = socket.create_connection(target.address, timeout=5)
+    try:
+        return target.ssl_context().wrap_socket(raw, server_hostname=target.server_name)
+    except BaseException:
+        raw.close()
+        raise
 
 
 class EventStream:

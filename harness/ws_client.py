@@ -229,7 +229,7 @@ def open_socket(
             context: ssl.SSLContext = target.ssl_context()
             context.set_alpn_protocols(["http/1.1"])
             sock = context.wrap_socket(sock, server_hostname=target.server_name)
-        extra = {**BROWSER_HEADERS, **(headers or {})}
+        extra = {**BROWSER_HEADERS, **target.headers, **(headers or {})}
         if origin is not None:
             extra["Origin"] = target.origin if origin == "page" else origin
         request = Request(
