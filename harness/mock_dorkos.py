@@ -18,8 +18,8 @@ Differences from DorkOS that are deliberate (see docs/how-it-is-tested.md):
   20 binds DorkOS's default `localhost` on Debian), not on a name;
 - live events are produced by a schedule the test sets (or by `publish`),
   not by an agent;
-- login is not modelled: the host guard and the upgrade router behave as
-  with login off;
+- login is modelled only as API keys (settings.api_keys, off by
+  default), not as session cookies or sign-in;
 - the terminal socket echoes what is typed instead of running a shell.
 """
 
@@ -106,6 +106,13 @@ class MockSettings:
     # DORKOS_AUTH_SIGNIN_RATE_LIMIT: sign-in attempts per client address in
     # 15 minutes (the mock never forgets within its lifetime).
     sign_in_limit: int = 10
+    # Login on, with these API keys (none: login off). As DorkOS's session
+    # gate: /api wants `Authorization: Bearer <key>` (a session cookie is not
+    # modelled) but for /api/health and /api/auth, else 401 AUTH_REQUIRED;
+    # the host guard stands down; a durable stream's socket without a key
+    # opens and closes with 4401. Read in DorkOS's source
+    # (services/core/auth/session-gate.ts, streams/stream-upgrade-auth.ts).
+    api_keys: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -442,7 +449,8 @@ class MockDorkOS:
                     record.closed.set()
             self._writers.discard(writer)
             writer.close()
-            with contextlib.suppress(Exception):
+            # Cancelled again at shutdown, while it waits: still quiet.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
 
     async def _read_request(
@@ -617,9 +625,15 @@ class MockDorkOS:
     def _guard(self, record: RequestRecord) -> tuple[int, dict[str, str]] | None:
         settings = self.settings
         host = record.header("Host") or ""
+        login_on = bool(settings.api_keys)
         # The host guard covers the API only; the app's page and assets are
-        # served whatever the Host.
-        if settings.host_guard and _under_api(record.path) and not self._host_allowed(host):
+        # served whatever the Host. With login on it stands down.
+        if (
+            settings.host_guard
+            and not login_on
+            and _under_api(record.path)
+            and not self._host_allowed(host)
+        ):
             name = _host_name(host)
             return 403, {"code": "HOST_NOT_ALLOWED", "error": f"Host {name!r} is not allowed"}
         origin = record.header("Origin")
@@ -627,7 +641,14 @@ class MockDorkOS:
             scheme = record.header("X-Forwarded-Proto") or "http"
             if origin != f"{scheme}://{host}":
                 return 500, {"code": "INTERNAL_ERROR"}
+        if login_on and _gated(record.path) and not self._has_key(record):
+            return 401, {"error": "Unauthorized", "code": "AUTH_REQUIRED"}
         return None
+
+    def _has_key(self, record: RequestRecord) -> bool:
+        # DorkOS splits on one space and wants exactly `Bearer`.
+        scheme, _, key = (record.header("Authorization") or "").partition(" ")
+        return scheme == "Bearer" and key in self.settings.api_keys
 
     def _host_allowed(self, host: str) -> bool:
         # The guard checks the name only, not the port.
@@ -879,6 +900,8 @@ class MockDorkOS:
 
         sink = SocketSink(write, connection)
         refusal = (403, "Origin not trusted") if not trusted else self._refusal(kind, resource)
+        if self.settings.api_keys and kind != "terminal" and not self._has_key(record):
+            refusal = (401, "Unauthorized")  # the credential gate comes first
         if refusal is not None:
             # A refused stream completes the handshake and closes at once with
             # 4000 + the status, which a browser's page can see (a failed
@@ -1009,6 +1032,13 @@ def client_address(record: RequestRecord) -> str:
     """
     forwarded = record.header("X-Forwarded-For")
     return forwarded.split(",")[-1].strip() if forwarded else record.peer
+
+
+def _gated(path: str) -> bool:
+    """What DorkOS's session gate covers with login on."""
+    path = path.lower()
+    exempt = path in ("/api/health",) or path.startswith(("/api/auth/", "/api/health/"))
+    return _under_api(path) and (not exempt or path == "/api/health/deep")
 
 
 def _under_api(path: str) -> bool:

@@ -24,7 +24,7 @@ import httpx
 
 from harness.endpoints import Endpoint, violation
 from harness.sse_client import EventStream, Frame, open_stream
-from harness.stream_checks import StreamEnded
+from harness.stream_checks import StreamEnded, stopped
 from harness.ws_client import (
     HEARTBEAT_EVENT,
     HandshakeRefused,
@@ -149,7 +149,7 @@ def quiet_streams_survive(endpoint: Endpoint) -> str:
             raise violation(
                 endpoint,
                 f"a quiet /api/events stream stopped after "
-                f"{QUIET_STREAM_S - (deadline - time.monotonic()):.0f} s ({error!r}); "
+                f"{QUIET_STREAM_S - (deadline - time.monotonic()):.0f} s ({stopped(error)}); "
                 f"it must outlive {QUIET_STREAM_S:.0f} s on DorkOS's heartbeats",
             ) from error
         kept = [f"{transport}: {count} frames" for transport, count in frames.items()]

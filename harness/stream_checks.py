@@ -80,6 +80,21 @@ class StreamRefused(Exception):
     """The stream never opened: a status other than 200 (SSE) or 101 (socket)."""
 
 
+def stopped(error: BaseException) -> str:
+    """How a stream stopped, in words a reader of a report understands."""
+    if isinstance(error, (httpx.ReadTimeout, TimeoutError)):
+        return "the read timed out"
+    if isinstance(error, SocketClosed):
+        return (
+            f"the socket closed {error}"
+            if error.code is None
+            else f"the socket closed with {error}"
+        )
+    if isinstance(error, httpx.RemoteProtocolError):
+        return f"the proxy cut the response off: {error}"
+    return str(error) or type(error).__name__
+
+
 def new_session(mock: MockDorkOS, **behaviour: Any) -> str:
     return mock.behave(str(uuid.uuid4()), **behaviour)
 
@@ -166,15 +181,20 @@ def realtime(
         opened(endpoint, path, transport, timeout=HELD_BACK_AFTER_S) as take,
     ):
         for index in range(1 + REALTIME_EVENTS):
+            what = "the snapshot" if index == 0 else f"event {index} of {REALTIME_EVENTS}"
             try:
                 (frame,) = take(1)
-            except STREAM_STOPPED as error:
-                what = "the snapshot" if index == 0 else f"event {index} of {REALTIME_EVENTS}"
+            except (httpx.ReadTimeout, TimeoutError) as error:
                 raise violation(
                     endpoint,
                     f"{condition}: {what} did not arrive within {HELD_BACK_AFTER_S:.0f} s "
-                    f"({type(error).__name__}); each event is sent only once the one "
+                    f"({stopped(error)}); each event is sent only once the one "
                     f"before it has arrived, so the proxy is holding the stream back",
+                ) from error
+            except STREAM_STOPPED as error:
+                raise violation(
+                    endpoint,
+                    f"{condition}: {what}: the stream ended first ({stopped(error)})",
                 ) from error
             frames.append(frame)
             mock.delivered(session)
@@ -242,7 +262,7 @@ def idle_stream_survives(
                 raise violation(
                     endpoint,
                     f"{condition} did not survive: it ended {lasted:.1f} s after opening "
-                    f"({type(error).__name__}: {error}); it must stay open",
+                    f"({stopped(error)}); it must stay open",
                 ) from error
             raise violation(endpoint, f"{condition}: a frame came after DorkOS's connection closed")
         frames = _take_or_violation(endpoint, take, f"{condition}: the event after it")
@@ -277,12 +297,10 @@ def _take_or_violation(
         raise violation(
             endpoint,
             f"{what} did not arrive within {HELD_BACK_AFTER_S:.0f} s "
-            f"({type(error).__name__}); the proxy is holding the stream back",
+            f"({stopped(error)}); the proxy is holding the stream back",
         ) from error
     except STREAM_STOPPED as error:
-        raise violation(
-            endpoint, f"{what}: the stream ended first ({type(error).__name__}: {error})"
-        ) from error
+        raise violation(endpoint, f"{what}: the stream ended first ({stopped(error)})") from error
 
 
 def disconnect(endpoint: Endpoint, mock: MockDorkOS, transport: Transport) -> str:
