@@ -25,7 +25,7 @@ $(INSTALLED): pyproject.toml uv.lock
 	$(TIMED) "Python packages (venv, uv pip install from uv.lock)" sh -ec '\
 	  $(PYTHON) -m venv $(VENV); \
 	  $(BIN)/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"; \
-	  $(BIN)/uv export --quiet --locked --extra dev --format requirements-txt -o $(VENV)/locked.txt; \
+	  $(BIN)/uv export --quiet --locked --all-extras --format requirements-txt -o $(VENV)/locked.txt; \
 	  $(BIN)/uv pip install --quiet --python $(BIN)/python -r $(VENV)/locked.txt'
 	touch $@
 
@@ -58,9 +58,9 @@ images: $(INSTALLED) host
 necessity: $(INSTALLED) host images
 	$(BIN)/python -m harness.necessity --write
 
-## tested-with: run every snippet on every proxy version; rewrites data/tested-with.json
+## tested-with: run every snippet on every proxy version, and dorkos-proxy-check through them; rewrites data/tested-with.json, data/proxy-check.json and generated/
 tested-with: $(INSTALLED) host images
-	scripts/run-pytest $(BIN)/pytest docs tests/test_reader_path.py --write-tested-with
+	scripts/run-pytest $(BIN)/pytest docs tests/test_reader_path.py tests/test_proxy_check.py --write-tested-with
 
 ## bench: added latency and concurrent streams per proxy; rewrites data/bench.json
 bench: $(INSTALLED) host images
