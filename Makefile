@@ -52,11 +52,11 @@ browser: host
 
 ## images: build (or reuse) the proxy images the tests run
 images: $(INSTALLED) host
-	$(BIN)/python -m harness.images
+	$(BIN)/python -m harness.proxies.images
 
 ## necessity: measure what each config line is for; rewrites data/necessity.json and generated/
 necessity: $(INSTALLED) host images
-	$(BIN)/python -m harness.necessity --write
+	$(BIN)/python -m harness.tables.necessity --write
 
 ## tested-with: run every snippet on every proxy version, and dorkos-proxy-check through them; rewrites data/tested-with.json, data/proxy-check.json and generated/
 tested-with: $(INSTALLED) host images
@@ -64,15 +64,15 @@ tested-with: $(INSTALLED) host images
 
 ## bench: added latency and concurrent streams per proxy; rewrites data/bench.json
 bench: $(INSTALLED) host images
-	$(BIN)/python -m harness.bench --write
+	$(BIN)/python -m harness.tables.bench --write
 
 ## soak: 500 streams per config for ten minutes; rewrites data/soak.json
 soak: $(INSTALLED) host images
-	$(BIN)/python -m harness.soak --write
+	$(BIN)/python -m harness.tables.soak --write
 
 ## conformance: the mock against a real DorkOS, then the published configs in front of it (DORKOS_SOURCE: a built checkout; DORKOS_NODE: Node 22+); rewrites data/conformance.json, data/behind-proxies.json
 conformance: $(INSTALLED) host images browser
-	$(BIN)/python -m harness.conformance --write
+	$(BIN)/python -m harness.upstream.conformance --write
 
 ## lint / typecheck: ruff and mypy over the Python code; the CI workflow against its schema and zizmor
 lint: $(INSTALLED)

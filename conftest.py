@@ -1,6 +1,6 @@
 """Sybil over docs/: each fenced block that includes a snippet is a test.
 
-The examples themselves are found and run by harness.snippet_examples; the
+The examples themselves are found and run by harness.lab.snippet_examples; the
 fixtures here are what every example shares for the whole run.
 """
 
@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from sybil.integration.pytest import SybilItem
 
-from harness import flows, margins, necessity, setup_times, tested_with
-from harness.lab import ProxyLab, RunTiming
-from harness.lab import proxy_lab as open_proxy_lab
-from harness.snippet_examples import docs_sybil
+from harness.lab import flows
+from harness.lab.proxy_lab import ProxyLab, RunTiming
+from harness.lab.proxy_lab import proxy_lab as open_proxy_lab
+from harness.lab.snippet_examples import docs_sybil
+from harness.tables import margins, necessity, setup_times, tested_with
 
 pytest_collect_file = docs_sybil().pytest()
 # Filled when the lab closes, for the summary at the end of the run.

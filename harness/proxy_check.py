@@ -4,8 +4,8 @@
     dorkos-proxy-check --stand-in https://dorkos.example.com   # DorkOS stopped
 
 The lab proves each published config; a reader's server is not the lab.
-This runs the same checks (harness.outside_checks, and with --stand-in
-the contract's own, harness.contract and harness.stream_checks) from the
+This runs the same checks (harness.checks.outside_checks, and with --stand-in
+the contract's own, harness.checks.contract and harness.checks.stream_checks) from the
 reader's machine through the reader's proxy, and says for each failure
 what to change and where the site explains it.
 
@@ -15,7 +15,7 @@ Two modes:
   health route, its page and assets, the heartbeats of its global stream
   over SSE and a socket. Nothing is sent that changes anything.
 - --stand-in: DorkOS is stopped for a few minutes, and a stand-in that
-  behaves like it (harness.mock_dorkos) listens where it did
+  behaves like it (harness.upstream.mock_dorkos) listens where it did
   (localhost:4242, ::1 as Node binds it). Being told what to do, it can
   show what a running DorkOS can't on request: events held back by a
   buffer, a minute of silence, an answer that starts after 65 s, a client
@@ -48,8 +48,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from harness import outside_checks
-from harness.contract import (
+from harness.checks import outside_checks
+from harness.checks.contract import (
     Property,
     check_not_compressed_or_cached,
     check_realtime,
@@ -59,10 +59,8 @@ from harness.contract import (
     tls_handshake_at,
     tls_versions_offered,
 )
-from harness.endpoints import ContractViolation, Endpoint, violation
-from harness.mock_dorkos import MockDorkOS, MockSettings, client_address
-from harness.sse_client import Target, open_stream, tls_handshake
-from harness.stream_checks import (
+from harness.checks.endpoints import ContractViolation, Endpoint, violation
+from harness.checks.stream_checks import (
     check_websocket_refusal,
     disconnect,
     idle_stream_survives,
@@ -70,9 +68,11 @@ from harness.stream_checks import (
     resume,
     stopped,
 )
+from harness.clients.sse_client import Target, open_stream, tls_handshake
+from harness.upstream.mock_dorkos import MockDorkOS, MockSettings, client_address
 
 if TYPE_CHECKING:
-    from harness.netns import PrivateNetwork
+    from harness.lab.netns import PrivateNetwork
 
 PAGE = "reverse-proxy/"  # the Reverse Proxy page, relative to the site
 DORKOS_PORT = 4242
@@ -335,7 +335,7 @@ def headers_dorkos_reads(endpoint: Endpoint, mock: MockDorkOS) -> str:
     )
 
 
-# How the checks word their failures (harness.stream_checks and
+# How the checks word their failures (harness.checks.stream_checks and
 # outside_checks), and what each wording means; the first match wins.
 REFUSED = (
     Diagnosis("4403", SCHEME),  # DorkOS refused the socket's Origin

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness.mock_dorkos import MockDorkOS, MockSettings
-from harness.sse_client import Target
+from harness.clients.sse_client import Target
+from harness.upstream.mock_dorkos import MockDorkOS, MockSettings
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The checks `make conformance` runs in front of a real DorkOS, held to account.
 
-harness.behind_proxies checks the published configs with a DorkOS that can't
+harness.checks.behind_proxies checks the published configs with a DorkOS that can't
 be scripted. Here the same checks run through the same configs in front of
 the mock: every one must pass, and each must fail, for its own reason, on a
 config broken the way the page warns about. Otherwise a pass in front of
@@ -13,11 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harness import behind_proxies, conformance
-from harness.behind_proxies import Outcome
-from harness.lab import ProxyLab
-from harness.proxies import RECOMMENDED_SNIPPETS, REPO_ROOT
-from harness.variants import Variant, recommended_variant
+from harness.checks import behind_proxies
+from harness.checks.behind_proxies import Outcome
+from harness.lab.proxy_lab import ProxyLab
+from harness.proxies.launch import RECOMMENDED_SNIPPETS, REPO_ROOT
+from harness.proxies.variants import Variant, recommended_variant
+from harness.upstream import conformance
 
 # Each broken config, and the checks it must fail with words of their failure.
 BROKEN = {
@@ -122,6 +123,7 @@ def test_every_check_is_broken_by_some_config() -> None:
 def test_committed_table_and_summary_match_the_data() -> None:
     data = behind_proxies.load()
     assert behind_proxies.TABLE_FILE.read_text() == behind_proxies.render(data), (
-        f"{behind_proxies.TABLE_FILE} is stale: run `python -m harness.conformance --render`"
+        f"{behind_proxies.TABLE_FILE} is stale: "
+        "run `python -m harness.upstream.conformance --render`"
     )
     assert behind_proxies.summary(data) in conformance.SUMMARY_FILE.read_text()

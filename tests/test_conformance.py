@@ -1,9 +1,9 @@
 """The mock answers as the real DorkOS did, behaviour by behaviour.
 
-`make conformance` ran harness.conformance's black-box checks against a real
+`make conformance` ran harness.upstream.conformance's black-box checks against a real
 DorkOS and against the mock, and data/conformance.json holds both answers.
 Here the same checks run against the mock again: each answer must be what
-DorkOS answered, unless harness.conformance.DIFFERENCES explains why not.
+DorkOS answered, unless harness.upstream.conformance.DIFFERENCES explains why not.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from harness import conformance
-from harness.lab import ProxyLab
-from harness.proxies import REPO_ROOT
+from harness.lab.proxy_lab import ProxyLab
+from harness.proxies.launch import REPO_ROOT
+from harness.upstream import conformance
 
 
 def mock_answers(lab: ProxyLab) -> dict[str, str]:
@@ -69,7 +69,7 @@ def test_every_behaviour_was_run_against_dorkos(recorded: dict[str, Any]) -> Non
 
 def test_committed_table_matches_the_data(recorded: dict[str, Any]) -> None:
     assert conformance.TABLE_FILE.read_text() == conformance.render(recorded), (
-        f"{conformance.TABLE_FILE} is stale: run `python -m harness.conformance --render`"
+        f"{conformance.TABLE_FILE} is stale: run `python -m harness.upstream.conformance --render`"
     )
 
 

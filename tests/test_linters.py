@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.containers import run_to_completion
-from harness.images import CaddyBinaryImage
-from harness.lab import ProxyLab
-from harness.nginx_main import NGINX_CONF
-from harness.proxies import NGINX_EVENTS_SNIPPET, REPO_ROOT
-from harness.snippet_examples import SNIPPETS
-from harness.tls import SERVER_NAME
+from harness.lab.containers import run_to_completion
+from harness.lab.proxy_lab import ProxyLab
+from harness.lab.snippet_examples import SNIPPETS
+from harness.lab.tls import SERVER_NAME
+from harness.proxies.images import CaddyBinaryImage
+from harness.proxies.launch import NGINX_EVENTS_SNIPPET, REPO_ROOT
+from harness.proxies.nginx_main import NGINX_CONF
 
 PAGE = REPO_ROOT / "docs" / "reverse-proxy.md"
 GIXY = Path(sys.executable).parent / "gixy"

@@ -15,7 +15,7 @@ import pytest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
-from harness.load_clients import StreamFailed, Transport, load_stream
+from harness.clients.load_clients import StreamFailed, Transport, load_stream
 
 Ending = Callable[[asyncio.StreamWriter, WSConnection], Awaitable[None]]
 

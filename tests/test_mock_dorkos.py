@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
-from harness.mock_dorkos import MockDorkOS, MockSettings
-from harness.sse_client import Frame, Target, open_stream
+from harness.clients.sse_client import Frame, Target, open_stream
+from harness.upstream.mock_dorkos import MockDorkOS, MockSettings
 
 SESSION = "/api/sessions/3f2b0c9e-0000-4000-8000-000000000001/events"
 

@@ -13,9 +13,9 @@ import uuid
 
 import pytest
 
-from harness.mock_dorkos import MockDorkOS
-from harness.sse_client import Target, open_stream
-from harness.ws_client import HandshakeRefused, open_socket
+from harness.clients.sse_client import Target, open_stream
+from harness.clients.ws_client import HandshakeRefused, open_socket
+from harness.upstream.mock_dorkos import MockDorkOS
 
 WAIT = 5.0
 

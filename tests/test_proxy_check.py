@@ -32,13 +32,15 @@ from typing import Any
 import pytest
 import trustme
 
-from harness import compose_deployment, proxy_check, proxy_check_reports
-from harness.images import LOCAL_IMAGES
-from harness.lab import DORKOS_LISTENS_ON, ProxyLab
-from harness.mock_dorkos import MockDorkOS, MockSettings
-from harness.proxies import RECOMMENDED_SNIPPETS, REPO_ROOT
-from harness.tls import SERVER_NAME
-from harness.variants import AS_PUBLISHED, recommended_variant
+from harness import proxy_check
+from harness.lab import compose_deployment
+from harness.lab.proxy_lab import DORKOS_LISTENS_ON, ProxyLab
+from harness.lab.tls import SERVER_NAME
+from harness.proxies.images import LOCAL_IMAGES
+from harness.proxies.launch import RECOMMENDED_SNIPPETS, REPO_ROOT
+from harness.proxies.variants import AS_PUBLISHED, recommended_variant
+from harness.tables import proxy_check_reports
+from harness.upstream.mock_dorkos import MockDorkOS, MockSettings
 
 BIN = Path(sys.executable).parent
 PAGE = REPO_ROOT / "docs" / "check-your-proxy.md"

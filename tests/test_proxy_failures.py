@@ -16,7 +16,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from harness.containers import (
+from harness.lab.containers import (
     LABEL,
     PID_LABEL,
     RUN_ID,
@@ -24,9 +24,9 @@ from harness.containers import (
     docker_client,
     sweep_leftovers,
 )
-from harness.images import DebianImage, ImageUnavailable, build_dir
-from harness.lab import DORKOS_LISTENS_ON, ProxyLab, proxy_lab
-from harness.proxies import ConfigRejected
+from harness.lab.proxy_lab import DORKOS_LISTENS_ON, ProxyLab, proxy_lab
+from harness.proxies.images import DebianImage, ImageUnavailable, build_dir
+from harness.proxies.launch import ConfigRejected
 
 pytestmark = pytest.mark.docker
 

@@ -1,6 +1,6 @@
 """The reader's path on the Reverse Proxy page: each tab's steps, run in order.
 
-The nginx tab runs whole in one container (harness.reader_path): from
+The nginx tab runs whole in one container (harness.lab.reader_path): from
 Debian's packages to certbot's certificate, the published files, the reload,
 the contract on what the reader ends with, and a renewal nginx picks up.
 The Caddy tab runs whole the same way, from Debian's package as installed
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import compose_deployment, flows, reader_path, tls
-from harness.images import LOCAL_IMAGES, DebianImage
-from harness.lab import ProxyLab
-from harness.proxies import RECOMMENDED_SNIPPETS, REPO_ROOT, caddy_launch
-from harness.reader_path import PathError, Step, steps
+from harness.lab import compose_deployment, flows, reader_path, tls
+from harness.lab.proxy_lab import ProxyLab
+from harness.lab.reader_path import PathError, Step, steps
+from harness.proxies.images import LOCAL_IMAGES, DebianImage
+from harness.proxies.launch import RECOMMENDED_SNIPPETS, REPO_ROOT, caddy_launch
 
 PAGE = reader_path.REVERSE_PROXY_PAGE
 
@@ -182,7 +182,7 @@ def test_caddy_path_ends_in_the_published_file_and_passes_the_contract(
 @pytest.mark.docker
 def test_debians_caddy_warns_of_zerossl_as_the_page_says(proxy_lab: ProxyLab) -> None:
     """The page tells Debian 12 readers to expect this warning when Caddy starts."""
-    from harness.containers import Mount, run_to_completion
+    from harness.lab.containers import Mount, run_to_completion
 
     (image,) = [i for i in LOCAL_IMAGES if i.key == "caddy-debian12"]
     caddyfile = REPO_ROOT / RECOMMENDED_SNIPPETS["caddy"]

@@ -1,7 +1,7 @@
 """The Reverse Proxy page's claims about each line, against measurements.
 
 One measurement run serves every test here: each published config with one
-change at a time, through the whole streaming contract (harness.necessity).
+change at a time, through the whole streaming contract (harness.tables.necessity).
 The page's tables are rendered from data/necessity.json; the first test
 fails when that file no longer says what the suite measures.
 """
@@ -16,15 +16,17 @@ from typing import Any
 
 import pytest
 
-from harness import browser, capacity, contract, disruptions, necessity, stream_checks
-from harness.containers import Mount, run_to_completion
-from harness.endpoints import Check, ContractViolation, Endpoint, run_check
-from harness.images import ProxyImage
-from harness.lab import ProxyLab
-from harness.mock_dorkos import Listening, MockDorkOS, MockSettings
-from harness.proxies import NGINX_EVENTS_SNIPPET, RECOMMENDED_SNIPPETS, REPO_ROOT
-from harness.tls import SERVER_NAME
-from harness.variants import AS_PUBLISHED, recommended_variant
+from harness.checks import capacity, contract, disruptions, stream_checks
+from harness.checks.endpoints import Check, ContractViolation, Endpoint, run_check
+from harness.clients import browser
+from harness.lab.containers import Mount, run_to_completion
+from harness.lab.proxy_lab import ProxyLab
+from harness.lab.tls import SERVER_NAME
+from harness.proxies.images import ProxyImage
+from harness.proxies.launch import NGINX_EVENTS_SNIPPET, RECOMMENDED_SNIPPETS, REPO_ROOT
+from harness.proxies.variants import AS_PUBLISHED, recommended_variant
+from harness.tables import necessity
+from harness.upstream.mock_dorkos import Listening, MockDorkOS, MockSettings
 
 # The one measurement run (every variant on every proxy version, a minute of
 # silence each, all side by side) starts when the lab opens; the first test

@@ -34,9 +34,9 @@ from urllib.parse import urldefrag, urljoin, urlsplit
 
 import pytest
 
-from harness.browser import launch, require_chromium
-from harness.proxies import REPO_ROOT
-from harness.snippet_examples import SnippetInclude, docs_sybil
+from harness.clients.browser import launch, require_chromium
+from harness.lab.snippet_examples import SnippetInclude, docs_sybil
+from harness.proxies.launch import REPO_ROOT
 
 MKDOCS = Path(sys.executable).parent / "mkdocs"
 PAGES = sorted((REPO_ROOT / "docs").rglob("*.md"))

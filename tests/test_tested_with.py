@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from harness import tested_with
-from harness.contract import PROPERTIES
-from harness.flows import DISRUPTIONS, RENEWS, proxy_for
-from harness.images import CADDY_PATH_IMAGE, CERTBOT_NGINX_IMAGE, LOCAL_IMAGES
-from harness.lab import ProxyLab
-from harness.proxies import REPO_ROOT
-from harness.snippet_examples import SNIPPETS
-from harness.tested_with import steps_column
+from harness.checks.contract import PROPERTIES
+from harness.lab.flows import DISRUPTIONS, RENEWS, proxy_for
+from harness.lab.proxy_lab import ProxyLab
+from harness.lab.snippet_examples import SNIPPETS
+from harness.proxies.images import CADDY_PATH_IMAGE, CERTBOT_NGINX_IMAGE, LOCAL_IMAGES
+from harness.proxies.launch import REPO_ROOT
+from harness.tables import tested_with
+from harness.tables.tested_with import steps_column
 
 REGENERATE = "run `make tested-with` and commit data/tested-with.json and generated/"
 
@@ -79,7 +79,7 @@ def test_rendered_table_matches_its_data() -> None:
 
 
 def test_every_property_reads_as_words_on_the_page() -> None:
-    from harness.flows import RENEWS, SITE_PROPERTIES
+    from harness.lab.flows import RENEWS, SITE_PROPERTIES
 
     names = {"accepts-config-and-starts", RENEWS, *(p.name for p in PROPERTIES)}
     names |= {p.name for p in SITE_PROPERTIES}

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 import trustme
 
-from harness.contract import tls_handshake_at
-from harness.sse_client import Target
+from harness.checks.contract import tls_handshake_at
+from harness.clients.sse_client import Target
 
 
 @pytest.fixture(params=["old-protocols-allowed", "modern-only"])

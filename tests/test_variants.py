@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.proxies import REPO_ROOT
-from harness.variants import Variant, VariantError, directives, variants_for
+from harness.proxies.launch import REPO_ROOT
+from harness.proxies.variants import Variant, VariantError, directives, variants_for
 
 NGINX = (REPO_ROOT / "snippets/nginx/dorkos.conf").read_text()
 CADDY = (REPO_ROOT / "snippets/caddy/Caddyfile").read_text()

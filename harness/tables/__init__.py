@@ -1,0 +1,3 @@
+"""The measurements, and the data and tables under data/ and generated/ they
+write for the pages.
+"""

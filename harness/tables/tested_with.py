@@ -1,0 +1,166 @@
+"""The "Tested with" table: which proxy versions ran which snippet, and how.
+
+`make tested-with` runs the snippet examples with --write-tested-with; each
+property's outcome is recorded here and written to data/tested-with.json,
+from which generated/tested-with.md is rendered for the site. The data
+holds a hash of every snippet it ran, so a test can tell when a snippet
+changed after the table was made.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.proxies.launch import REPO_ROOT
+
+DATA_FILE = REPO_ROOT / "data" / "tested-with.json"
+PROXY_NAMES = {"caddy": "Caddy", "nginx": "nginx"}
+TABLE_FILE = REPO_ROOT / "generated" / "tested-with.md"
+# A column for a tab's steps run whole, apart from the same image's runs of
+# the snippet alone: its key is the image's with this after it.
+STEPS_SUFFIX = ":steps"
+
+
+def steps_column(image_key: str) -> str:
+    return f"{image_key}{STEPS_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    snippet: str
+    image: str  # image key
+    proxy: str
+    version: str
+    source: str  # where the image came from
+    prop: str
+    passed: bool
+
+
+def snippet_hash(snippet: str) -> str:
+    return hashlib.sha256((REPO_ROOT / snippet).read_bytes()).hexdigest()
+
+
+def write(outcomes: list[Outcome]) -> None:
+    snippets = sorted({o.snippet for o in outcomes})
+    data = {
+        "run_on": datetime.date.today().isoformat(),
+        "snippets": {s: snippet_hash(s) for s in snippets},
+        "outcomes": [asdict(o) for o in outcomes],
+    }
+    DATA_FILE.parent.mkdir(parents=True, exist_ok=True)
+    DATA_FILE.write_text(json.dumps(data, indent=2) + "\n")
+    TABLE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    TABLE_FILE.write_text(render(data))
+
+
+def load() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DATA_FILE.read_text())
+    return data
+
+
+# What the page calls each property: words, in the order a reader cares.
+PROPERTY_WORDS = {
+    "accepts-config-and-starts": "Accepts the config and starts",
+    "https": "HTTPS for the domain",
+    "tls-1.2-and-1.3-only": "TLS 1.2 and 1.3 only",
+    "http-redirects-to-https": "HTTP redirects to HTTPS",
+    "https-over-ipv6": "HTTPS over IPv6",
+    "forwarded-headers": "Forwards Host, client and scheme",
+    "client-address": "DorkOS counts each visitor by their own address",
+    "ordinary-traffic": "Pages, REST and 1 MB posts",
+    "websocket-upgrade": "WebSocket upgrade reaches DorkOS",
+    "websocket-frames-in-real-time": "WebSocket: frames in real time",
+    "websocket-idle-survives": "WebSocket: quiet 65 s, still open",
+    "websocket-disconnect-reaches-upstream": "WebSocket: a client leaving reaches DorkOS",
+    "websocket-resume": "WebSocket: resume with ?resume=",
+    "websocket-refusal-reaches-browser": "WebSocket: DorkOS's refusal code reaches the page",
+    "terminal-websocket": "Terminal socket, both ways",
+    "events-in-real-time": "SSE: events in real time",
+    "idle-stream-survives": "SSE: quiet 65 s, still open",
+    "disconnect-reaches-upstream": "SSE: a client leaving reaches DorkOS",
+    "resume-with-last-event-id": "SSE: resume with Last-Event-ID",
+    "not-compressed-or-cached": "Streams not compressed or cached",
+    "slow-first-byte": "Answer after 65 s gets through",
+    "in-chromium": "The app's streams in Chromium",
+    "holds-500-streams": "500 streams at once",
+    "dorkos-on-127.0.0.1": "DorkOS on 127.0.0.1 instead of ::1",
+    "dorkos-restart": "DorkOS restarts with streams open",
+    "proxy-reload": "The proxy reloads with streams open",
+    "certbot-renewal-reaches-nginx": "certbot's renewal reaches nginx",
+}
+PASSED, FAILED, NOT_RUN = "✓", "**✗**", ""
+
+
+def words(prop: str) -> str:
+    return PROPERTY_WORDS.get(prop, prop.replace("-", " ").capitalize())
+
+
+def _shown(snippet: str, proxy: str) -> str:
+    """A snippet's name, with its folder when that is not the proxy's own."""
+    path = Path(snippet)
+    return path.name if path.parent.name == proxy else f"{path.parent.name}/{path.name}"
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
+def render(data: dict[str, Any]) -> str:
+    """A table per config: a row per property, a column per version it ran on."""
+    outcomes = [Outcome(**o) for o in data["outcomes"]]
+    columns = list(dict.fromkeys((o.snippet, o.image) for o in outcomes))
+    first = {c: next(o for o in outcomes if (o.snippet, o.image) == c) for c in columns}
+    seen = {o.prop for o in outcomes}
+    props = [p for p in PROPERTY_WORDS if p in seen] + sorted(seen - PROPERTY_WORDS.keys())
+    passed: dict[tuple[str, str, str], bool] = {}
+    for o in outcomes:
+        key = (o.snippet, o.image, o.prop)
+        passed[key] = passed.get(key, True) and o.passed
+    lines = [
+        "<!-- Generated by `make tested-with` from data/tested-with.json; do not edit. -->",
+        "",
+        f"Run on {data['run_on']}. ✓ passed, **✗** failed; a blank cell is a check that "
+        f"config does not have.",
+    ]
+    # A table per config, a column per version: narrow enough for a phone.
+    for snippet in sorted({snippet for snippet, _ in columns}):
+        # The page's steps first, then the versions from oldest to newest.
+        mine = sorted(
+            (c for c in columns if c[0] == snippet),
+            key=lambda c: (not c[1].endswith(STEPS_SUFFIX), _version_key(first[c].version)),
+        )
+        proxy = first[mine[0]].proxy
+        header = [
+            first[column].version
+            + ("<br>the page's steps" if column[1].endswith(STEPS_SUFFIX) else "")
+            for column in mine
+        ]
+        lines += [
+            "",
+            f"## {PROXY_NAMES[proxy]}: `{_shown(snippet, proxy)}`",
+            "",
+            "| Check | " + " | ".join(header) + " |",
+            "|---|" + ":---:|" * len(mine),
+        ]
+        for prop in props:
+            cells = [passed.get((snippet, image, prop)) for snippet, image in mine]
+            if all(cell is None for cell in cells):
+                continue
+            shown = [NOT_RUN if c is None else PASSED if c else FAILED for c in cells]
+            lines.append(f"| {words(prop)} | " + " | ".join(shown) + " |")
+    lines += [
+        "",
+        '??? info "Where each column came from"',
+        "",
+        *(
+            f"    - `{snippet}` on {PROXY_NAMES[first[(snippet, image)].proxy]} "
+            f"{first[(snippet, image)].version}: {first[(snippet, image)].source}"
+            for snippet, image in columns
+        ),
+    ]
+    return "\n".join(lines) + "\n"
