@@ -17,7 +17,7 @@ from harness.lab.proxy_lab import proxy_lab as open_proxy_lab
 from harness.lab.snippet_examples import docs_sybil
 from harness.tables import margins, necessity, setup_times, tested_with
 
-pytest_collect_file = docs_sybil().pytest()
+pytest_collect_file = docs_sybil(flows.evaluate_snippet).pytest()
 # Filled when the lab closes, for the summary at the end of the run.
 LAB_TIMINGS: list[RunTiming] = []
 # The lab while it is open, so Ctrl-C can stop its runs.

@@ -25,11 +25,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sybil import Example
+from sybil.example import SybilFailure
 
 from harness.checks.contract import (
     PROPERTIES,
@@ -269,3 +273,63 @@ def run_caddy_path(lab: ProxyLab) -> RunOutcome:
 
 
 RENEWS = "certbot-renewal-reaches-nginx"
+
+
+# -- a page's snippet example, run by Sybil ---------------------------------
+
+
+@contextlib.contextmanager
+def reported_as(
+    subtests: Any, example: Example, name: str, outcome: Callable[[bool], None]
+) -> Iterator[None]:
+    """Report one property as its own result, and pass its outcome on.
+
+    Failures are re-raised as SybilFailure so pytest shows our message as it
+    is (Sybil's traceback filter can't handle a subtest's traceback).
+    """
+    with subtests.test(msg=name):
+        try:
+            yield
+        except AssertionError as error:
+            outcome(False)
+            raise SybilFailure(example, str(error)) from error
+        except Exception as error:
+            outcome(False)
+            raise SybilFailure(example, "".join(traceback.format_exception(error))) from error
+        outcome(True)
+
+
+def evaluate_snippet(example: Example) -> None:
+    """Run one snippet example of a page: its runs, one result a property."""
+    include: SnippetInclude = example.parsed
+    lab = example.namespace["proxy_lab"]
+    subtests = example.namespace["subtests"]
+    if include.proxy == "dorkos":
+        from harness.lab.dorkos_side import check_drop_in
+
+        with reported_as(subtests, example, "systemd-accepts-it", lambda passed: None):
+            assert include.title is not None
+            check_drop_in(include.snippet, include.title)
+        return
+    if include.snippet.suffix in (".yml", ".yaml"):
+        from harness.lab import compose_deployment
+
+        with reported_as(subtests, example, "compose-file", lambda passed: None):
+            compose_deployment.check(include.snippet)
+        return
+    # Usually started when the lab opened, beside every other run.
+    for run in start_runs(lab, include):
+        outcome = run.result()
+        image = outcome.image
+
+        def record(prop: str, image: ProxyImage = image) -> Callable[[bool], None]:
+            return lambda passed: lab.record(include.snippet_name, image, prop, passed)
+
+        starts = STARTS
+        with reported_as(subtests, example, f"{image.key}: {starts}", record(starts)):
+            if outcome.start_error is not None:
+                raise outcome.start_error
+        for name, result in outcome.results.items():
+            with reported_as(subtests, example, f"{image.key}: {name}", record(name)):
+                if isinstance(result, BaseException):
+                    raise result

@@ -12,18 +12,15 @@ test ran.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
-import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sybil import Document, Example, Region, Sybil
-from sybil.example import SybilFailure
 from sybil.parsers.markdown.lexers import RawFencedCodeBlockLexer
 
-from harness.proxies.images import ProxyImage
 from harness.proxies.launch import REPO_ROOT
 
 SNIPPETS = REPO_ROOT / "snippets"
@@ -75,7 +72,9 @@ def _fences(document: Document) -> Iterable[Region]:
     return lexer(document)
 
 
-def parse_snippet_includes(document: Document) -> Iterator[Region]:
+def parse_snippet_includes(
+    document: Document, evaluate: Callable[[Example], None]
+) -> Iterator[Region]:
     page = Path(document.path)
     for region in _fences(document):
         line = document.text.count("\n", 0, region.start) + 1
@@ -111,7 +110,7 @@ def parse_snippet_includes(document: Document) -> Iterator[Region]:
             )
         if include.proxy == "dorkos" and include.title is None:
             raise DocsError(f'{where}: {includes[0]} needs a title="..." saying where it goes')
-        yield Region(region.start, region.end, include, evaluate_snippet)
+        yield Region(region.start, region.end, include, evaluate)
 
 
 def _display(path: Path) -> str:
@@ -128,69 +127,15 @@ class DocsSybil(Sybil):
         return f"line:{example.line},{include.snippet_name}"
 
 
-def docs_sybil() -> DocsSybil:
+def _not_run(example: Example) -> None:
+    raise RuntimeError("docs_sybil() without an evaluator only parses; conftest.py runs examples")
+
+
+def docs_sybil(evaluate: Callable[[Example], None] = _not_run) -> DocsSybil:
+    """The pages' snippet examples; `evaluate` runs one (harness.lab.flows)."""
     return DocsSybil(
-        parsers=[parse_snippet_includes],
+        parsers=[functools.partial(parse_snippet_includes, evaluate=evaluate)],
         path=str(REPO_ROOT / "docs"),
         patterns=["*.md"],
         fixtures=["subtests", "proxy_lab"],
     )
-
-
-@contextlib.contextmanager
-def reported_as(
-    subtests: Any, example: Example, name: str, outcome: Callable[[bool], None]
-) -> Iterator[None]:
-    """Report one property as its own result, and pass its outcome on.
-
-    Failures are re-raised as SybilFailure so pytest shows our message as it
-    is (Sybil's traceback filter can't handle a subtest's traceback).
-    """
-    with subtests.test(msg=name):
-        try:
-            yield
-        except AssertionError as error:
-            outcome(False)
-            raise SybilFailure(example, str(error)) from error
-        except Exception as error:
-            outcome(False)
-            raise SybilFailure(example, "".join(traceback.format_exception(error))) from error
-        outcome(True)
-
-
-def evaluate_snippet(example: Example) -> None:
-    # Imported here: the flows need this module's SnippetInclude.
-    from harness.lab import flows
-
-    include: SnippetInclude = example.parsed
-    lab = example.namespace["proxy_lab"]
-    subtests = example.namespace["subtests"]
-    if include.proxy == "dorkos":
-        from harness.lab.dorkos_side import check_drop_in
-
-        with reported_as(subtests, example, "systemd-accepts-it", lambda passed: None):
-            assert include.title is not None
-            check_drop_in(include.snippet, include.title)
-        return
-    if include.snippet.suffix in (".yml", ".yaml"):
-        from harness.lab import compose_deployment
-
-        with reported_as(subtests, example, "compose-file", lambda passed: None):
-            compose_deployment.check(include.snippet)
-        return
-    # Usually started when the lab opened, beside every other run.
-    for run in flows.start_runs(lab, include):
-        outcome = run.result()
-        image = outcome.image
-
-        def record(prop: str, image: ProxyImage = image) -> Callable[[bool], None]:
-            return lambda passed: lab.record(include.snippet_name, image, prop, passed)
-
-        starts = flows.STARTS
-        with reported_as(subtests, example, f"{image.key}: {starts}", record(starts)):
-            if outcome.start_error is not None:
-                raise outcome.start_error
-        for name, result in outcome.results.items():
-            with reported_as(subtests, example, f"{image.key}: {name}", record(name)):
-                if isinstance(result, BaseException):
-                    raise result
