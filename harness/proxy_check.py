@@ -614,33 +614,20 @@ class Report:
         return [r.name for r in self.results if r.status == FAILED]
 
 
+def _failed(item: Item, why: str, advice: Advice | None = None) -> Result:
+    advice = advice or item.advice_for(why)
+    see = f"Reverse Proxy: {advice.section}"
+    return Result(item.name, item.title, FAILED, why, advice.fix, see, advice.link)
+
+
 def _result(item: Item, future: Future[str], endpoint: Endpoint) -> Result:
     try:
         summary = future.result()
     except ContractViolation as failure:
         why = str(failure).split("\n--- proxy log")[0].removeprefix(f"{endpoint.label}: ")
-        advice = item.advice_for(why)
-        return Result(
-            item.name,
-            item.title,
-            FAILED,
-            why,
-            advice.fix,
-            f"Reverse Proxy: {advice.section}",
-            advice.link,
-        )
+        return _failed(item, why)
     except Exception as error:  # a check that could not finish failed too
-        why = f"could not finish: {_reason(error)}"
-        advice = item.advice_for(why)
-        return Result(
-            item.name,
-            item.title,
-            FAILED,
-            why,
-            advice.fix,
-            f"Reverse Proxy: {advice.section}",
-            advice.link,
-        )
+        return _failed(item, f"could not finish: {_reason(error)}")
     return Result(item.name, item.title, INFO if item.informs else PASSED, summary)
 
 
@@ -658,17 +645,14 @@ def run_checks(
         items = [i for i in items if i not in plain]
     elif tls_failure is not None:
         https = next(i for i in items if i.name == "https")
+        certificate = Advice(
+            "serve a certificate for the name, from a CA browsers trust (certbot, or Caddy's "
+            "automatic HTTPS)",
+            https.advice.section,
+            https.advice.anchor,
+        )
         report.results.append(
-            Result(
-                https.name,
-                https.title,
-                FAILED,
-                f"the TLS handshake failed: {tls_failure}",
-                "serve a certificate for the name, from a CA browsers trust (certbot, or Caddy's "
-                "automatic HTTPS)",
-                f"Reverse Proxy: {https.advice.section}",
-                https.advice.link,
-            )
+            _failed(https, f"the TLS handshake failed: {tls_failure}", certificate)
         )
         report.results.extend(
             Result(i.name, i.title, NOT_RUN, "not run: HTTPS failed")
