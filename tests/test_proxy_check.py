@@ -454,8 +454,9 @@ def test_the_page_gives_the_commands_the_tests_run() -> None:
 def test_the_stand_in_refuses_while_something_listens_on_4242() -> None:
     # A network namespace of its own, where a listener takes DorkOS's place.
     script = (
-        "import socket, subprocess, sys\n"
-        "subprocess.run(['ip', 'link', 'set', 'lo', 'up'], check=True)\n"
+        "import fcntl, socket, struct, subprocess, sys\n"
+        # The namespace's loopback up (SIOCSIFFLAGS: IFF_UP | IFF_LOOPBACK).
+        "fcntl.ioctl(socket.socket(), 0x8914, struct.pack('16sh', b'lo', 1 | 8))\n"
         "s = socket.socket(socket.AF_INET6); s.bind(('::1', 4242)); s.listen()\n"
         f"sys.exit(subprocess.run([{str(COMMAND)!r}, '--stand-in', 'https://{SERVER_NAME}',"
         " '--address', '127.0.0.1']).returncode)\n"
