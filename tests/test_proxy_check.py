@@ -497,7 +497,7 @@ MODE_TABLE_ROWS = {
     "nginx with `Connection ''` (older guides' SSE recipe)": ["with Connection ''"],
     "nginx without `proxy_buffering off`": ["without proxy_buffering off"],
     "nginx without `proxy_read_timeout`": ["without proxy_read_timeout 86400s"],
-    "nginx with `gzip` for `text/event-stream`": ["with gzip for text/event-stream"],
+    "nginx with `gzip` on event streams": ["with gzip for text/event-stream"],
     "Caddy 2.6 with `encode gzip`": ["with encode gzip"],
     "Caddy 2.6 with `flush_interval -1`": ["with flush_interval -1"],
 }
