@@ -318,24 +318,31 @@ def check_tls_versions(endpoint: Endpoint, mock: MockDorkOS) -> str:
     return f"TLS 1.0/1.1 refused, 1.2/1.3 offered; HTTP/2 {'on' if http2 else 'off'}"
 
 
-def check_http_redirects_to_https(endpoint: Endpoint, mock: MockDorkOS) -> str:
-    """Port 80 sends browsers to the HTTPS site (Caddy does it, certbot adds it)."""
-    response = httpx.get(
-        "http://127.0.0.1:80/api/health?from=http",
-        headers={"Host": SERVER_NAME},
-        follow_redirects=False,
-        timeout=10,
-        trust_env=False,  # as Target.client: no proxy lookup racing with pytest
-    )
+def redirects_to_https(endpoint: Endpoint, statuses: tuple[int, ...] = (301, 308)) -> str:
+    """Port 80 of the site's address answers with a redirect to its HTTPS URL."""
+    host, _ = endpoint.target.address
+    plain = Target(f"http://{f'[{host}]' if ':' in host else host}:80", endpoint.target.server_name)
+    asked = f"http://{plain.server_name}/api/health?from=http"
+    try:
+        with plain.client(timeout=10) as client:
+            response = client.get("/api/health?from=http", extensions=plain.extensions)
+    except httpx.HTTPError as error:
+        raise violation(endpoint, f"{asked}: nothing answers on port 80 ({error!r})") from error
     location = response.headers.get("Location", "")
-    expected = f"https://{SERVER_NAME}/api/health?from=http"
-    if response.status_code not in (301, 308) or location != expected:
+    expected = f"https://{endpoint.target.authority}/api/health?from=http"
+    if response.status_code not in statuses or location != expected:
         raise violation(
             endpoint,
-            f"http://{SERVER_NAME}/api/health?from=http answered {response.status_code} "
-            f"with Location {location!r}; expected a permanent redirect to {expected}",
+            f"{asked} answered {response.status_code} with Location {location!r}; "
+            f"expected a redirect ({', '.join(map(str, statuses))}) to {expected}",
         )
     return f"{response.status_code} to {location}"
+
+
+def check_http_redirects_to_https(endpoint: Endpoint, mock: MockDorkOS) -> str:
+    """Port 80 sends browsers to the HTTPS site (Caddy does it, certbot adds it):
+    permanently, as the published configs do."""
+    return redirects_to_https(endpoint)
 
 
 def check_not_compressed_or_cached(endpoint: Endpoint, mock: MockDorkOS) -> str:
