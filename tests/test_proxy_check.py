@@ -40,7 +40,7 @@ from harness.proxies.images import LOCAL_IMAGES
 from harness.proxies.launch import RECOMMENDED_SNIPPETS, REPO_ROOT
 from harness.proxies.variants import AS_PUBLISHED, recommended_variant
 from harness.tables import proxy_check_reports
-from harness.upstream.mock_dorkos import MockDorkOS, MockSettings
+from harness.upstream.mock_dorkos import MockDorkOS, MockSettings, gated
 
 BIN = Path(sys.executable).parent
 PAGE = REPO_ROOT / "docs" / "check-your-proxy.md"
@@ -434,10 +434,14 @@ def test_login_on_wants_a_key_and_never_prints_it(tmp_path: Path) -> None:
         _refused(done, "refused the API key")
         assert wrong.read_text().strip() not in done.stderr
         # The right key, from the environment: every check runs, and passes.
+        before = len(dorkos.records)
         done = _command(*_as_shown(LIVE, url), env={**os.environ, "DORKOS_API_KEY": key})
         assert done.returncode == 0, (done.stdout, done.stderr)
         assert key not in done.stdout + done.stderr
-        assert "Authorization: Bearer" in dorkos.records[-1].head.decode()
+        # What DorkOS checks the key on (its gate's routes): as many as the page says.
+        keyed = [r.target for r in dorkos.records[before:] if gated(r.path)]
+        assert all(f"Bearer {key}" in r.head.decode() for r in dorkos.records[before:])
+        assert len(keyed) == 4 and "checks it on four of a run" in PAGE.read_text(), keyed
 
 
 def _as_shown(command: str, url: str, key_file: Path | None = None) -> list[str]:

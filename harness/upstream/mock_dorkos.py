@@ -641,7 +641,7 @@ class MockDorkOS:
             scheme = record.header("X-Forwarded-Proto") or "http"
             if origin != f"{scheme}://{host}":
                 return 500, {"code": "INTERNAL_ERROR"}
-        if login_on and _gated(record.path) and not self._has_key(record):
+        if login_on and gated(record.path) and not self._has_key(record):
             return 401, {"error": "Unauthorized", "code": "AUTH_REQUIRED"}
         return None
 
@@ -1034,7 +1034,7 @@ def client_address(record: RequestRecord) -> str:
     return forwarded.split(",")[-1].strip() if forwarded else record.peer
 
 
-def _gated(path: str) -> bool:
+def gated(path: str) -> bool:
     """What DorkOS's session gate covers with login on."""
     path = path.lower()
     exempt = path in ("/api/health",) or path.startswith(("/api/auth/", "/api/health/"))
