@@ -52,7 +52,7 @@ browser: host
 
 ## images: build (or reuse) the proxy images the tests run
 images: $(INSTALLED) host
-	$(BIN)/python -m harness.proxies.images
+	$(BIN)/python -m harness.proxies.registry
 
 ## necessity: measure what each config line is for; rewrites data/necessity.json and generated/
 necessity: $(INSTALLED) host images

@@ -16,8 +16,9 @@ import pytest
 from harness.checks import behind_proxies
 from harness.checks.behind_proxies import Outcome
 from harness.lab.proxy_lab import ProxyLab
-from harness.proxies.launch import RECOMMENDED_SNIPPETS, REPO_ROOT
-from harness.proxies.variants import Variant, recommended_variant
+from harness.proxies.kind import REPO_ROOT, Variant
+from harness.proxies.registry import RECOMMENDED_SNIPPETS
+from harness.proxies.variants import recommended_variant, render
 from harness.upstream import conformance
 
 # Each broken config, and the checks it must fail with words of their failure.
@@ -82,7 +83,7 @@ def measure_behind_proxies(lab: ProxyLab) -> Runs:
             return behind_proxies.through(lab, image, snippet)
         config = lab.run_dir("behind") / snippet.name
         changed = CHANGED.get(name)
-        text = changed.render(snippet.read_text(), proxy) if changed else None
+        text = render(changed, snippet.read_text(), proxy) if changed else None
         config.write_text(text or recommended_variant(proxy, name))
         return behind_proxies.through(lab, image, config, shown_as=f"{snippet.name} {name}")
 

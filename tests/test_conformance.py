@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from harness.lab.proxy_lab import ProxyLab
-from harness.proxies.launch import REPO_ROOT
+from harness.proxies.kind import REPO_ROOT
 from harness.upstream import conformance
 
 

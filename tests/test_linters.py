@@ -22,9 +22,10 @@ from harness.lab.containers import run_to_completion
 from harness.lab.proxy_lab import ProxyLab
 from harness.lab.snippet_examples import SNIPPETS
 from harness.lab.tls import SERVER_NAME
-from harness.proxies.images import CaddyBinaryImage
-from harness.proxies.launch import NGINX_EVENTS_SNIPPET, REPO_ROOT
-from harness.proxies.nginx_main import NGINX_CONF
+from harness.proxies.caddy import CaddyBinaryImage
+from harness.proxies.kind import REPO_ROOT
+from harness.proxies.nginx import EVENTS_SNIPPET as NGINX_EVENTS_SNIPPET
+from harness.proxies.nginx import NGINX_CONF
 
 PAGE = REPO_ROOT / "docs" / "reverse-proxy.md"
 GIXY = Path(sys.executable).parent / "gixy"

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from harness.lab.snippet_examples import SNIPPETS, DocsError, SnippetInclude, docs_sybil
-from harness.proxies.launch import REPO_ROOT
+from harness.proxies.kind import REPO_ROOT
 
 # How many snippet examples each page yields. A parser that silently matched
 # nothing would make every proxy test vanish; this makes it fail instead.

@@ -12,7 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from harness.proxies.launch import REPO_ROOT
+from harness.proxies.kind import REPO_ROOT
 
 UBUNTU = 'NAME="Ubuntu"\nVERSION_ID="24.04"\nID=ubuntu\nID_LIKE=debian\n'
 DEBIAN = 'NAME="Debian GNU/Linux"\nVERSION_ID="12"\nID=debian\n'

@@ -36,8 +36,8 @@ from harness import proxy_check
 from harness.lab import compose_deployment
 from harness.lab.proxy_lab import DORKOS_LISTENS_ON, ProxyLab
 from harness.lab.tls import SERVER_NAME
-from harness.proxies.images import LOCAL_IMAGES
-from harness.proxies.launch import RECOMMENDED_SNIPPETS, REPO_ROOT
+from harness.proxies.kind import REPO_ROOT
+from harness.proxies.registry import LOCAL_IMAGES, RECOMMENDED_SNIPPETS
 from harness.proxies.variants import AS_PUBLISHED, recommended_variant
 from harness.tables import proxy_check_reports
 from harness.upstream.mock_dorkos import MockDorkOS, MockSettings, gated

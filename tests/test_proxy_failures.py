@@ -26,7 +26,7 @@ from harness.lab.containers import (
 )
 from harness.lab.proxy_lab import DORKOS_LISTENS_ON, ProxyLab, proxy_lab
 from harness.proxies.images import DebianImage, ImageUnavailable, build_dir
-from harness.proxies.launch import ConfigRejected
+from harness.proxies.kind import ConfigRejected
 
 pytestmark = pytest.mark.docker
 

@@ -14,8 +14,10 @@ import pytest
 from harness.lab import compose_deployment, flows, reader_path, tls
 from harness.lab.proxy_lab import ProxyLab
 from harness.lab.reader_path import PathError, Step, steps
-from harness.proxies.images import LOCAL_IMAGES, DebianImage
-from harness.proxies.launch import RECOMMENDED_SNIPPETS, REPO_ROOT, caddy_launch
+from harness.proxies.caddy import launch as caddy_launch
+from harness.proxies.images import DebianImage
+from harness.proxies.kind import REPO_ROOT
+from harness.proxies.registry import LOCAL_IMAGES, RECOMMENDED_SNIPPETS
 
 PAGE = reader_path.REVERSE_PROXY_PAGE
 

@@ -23,7 +23,9 @@ from harness.lab.containers import Mount, run_to_completion
 from harness.lab.proxy_lab import ProxyLab
 from harness.lab.tls import SERVER_NAME
 from harness.proxies.images import ProxyImage
-from harness.proxies.launch import NGINX_EVENTS_SNIPPET, RECOMMENDED_SNIPPETS, REPO_ROOT
+from harness.proxies.kind import REPO_ROOT
+from harness.proxies.nginx import EVENTS_SNIPPET as NGINX_EVENTS_SNIPPET
+from harness.proxies.registry import RECOMMENDED_SNIPPETS
 from harness.proxies.variants import AS_PUBLISHED, recommended_variant
 from harness.tables import necessity
 from harness.upstream.mock_dorkos import Listening, MockDorkOS, MockSettings

@@ -36,7 +36,7 @@ import pytest
 
 from harness.clients.browser import launch, require_chromium
 from harness.lab.snippet_examples import SnippetInclude, docs_sybil
-from harness.proxies.launch import REPO_ROOT
+from harness.proxies.kind import REPO_ROOT
 
 MKDOCS = Path(sys.executable).parent / "mkdocs"
 PAGES = sorted((REPO_ROOT / "docs").rglob("*.md"))

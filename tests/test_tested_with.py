@@ -8,8 +8,10 @@ from harness.checks.contract import PROPERTIES
 from harness.lab.flows import DISRUPTIONS, RENEWS, proxy_for
 from harness.lab.proxy_lab import ProxyLab
 from harness.lab.snippet_examples import SNIPPETS
-from harness.proxies.images import CADDY_PATH_IMAGE, CERTBOT_NGINX_IMAGE, LOCAL_IMAGES
-from harness.proxies.launch import REPO_ROOT
+from harness.proxies.caddy import PATH_IMAGE as CADDY_PATH_IMAGE
+from harness.proxies.kind import REPO_ROOT
+from harness.proxies.nginx import CERTBOT_NGINX_IMAGE
+from harness.proxies.registry import LOCAL_IMAGES
 from harness.tables import tested_with
 from harness.tables.tested_with import steps_column
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.proxies.launch import REPO_ROOT
-from harness.proxies.variants import Variant, VariantError, directives, variants_for
+from harness.proxies.kind import REPO_ROOT, Variant, VariantError
+from harness.proxies.variants import directives, render, variants_for
 
 NGINX = (REPO_ROOT / "snippets/nginx/dorkos.conf").read_text()
 CADDY = (REPO_ROOT / "snippets/caddy/Caddyfile").read_text()
@@ -20,13 +20,13 @@ def test_every_location_directive_but_proxy_pass_is_measured() -> None:
 
 def test_the_old_sse_recipe_is_measured_in_place_of_the_upgrade_header() -> None:
     (old,) = [v for v in variants_for(NGINX, "nginx") if v.name == "with Connection ''"]
-    text = old.render(NGINX, "nginx")
+    text = render(old, NGINX, "nginx")
     assert "proxy_set_header Connection '';" in text
     assert "$connection_upgrade;" not in text.split("location", 1)[1]
 
 
 def test_removal_drops_exactly_that_line() -> None:
-    text = Variant("x", removes="proxy_buffering off").render(NGINX, "nginx")
+    text = render(Variant("x", removes="proxy_buffering off"), NGINX, "nginx")
     assert "proxy_buffering" not in text
     kept = [line for line in NGINX.splitlines() if "proxy_buffering off" not in line]
     assert text.splitlines() == kept
@@ -34,11 +34,11 @@ def test_removal_drops_exactly_that_line() -> None:
 
 def test_caddy_variant_gets_a_reverse_proxy_block() -> None:
     (flush,) = [v for v in variants_for(CADDY, "caddy") if v.name == "with flush_interval -1"]
-    text = flush.render(CADDY, "caddy")
+    text = render(flush, CADDY, "caddy")
     assert text.startswith("dorkos.example.com {")
     assert "\treverse_proxy localhost:4242 {\n\t\tflush_interval -1\n\t}\n" in text
 
 
 def test_a_directive_the_snippet_lacks_is_an_error() -> None:
     with pytest.raises(VariantError, match="expected one line 'proxy_bufering off'"):
-        Variant("typo", removes="proxy_bufering off").render(NGINX, "nginx")
+        render(Variant("typo", removes="proxy_bufering off"), NGINX, "nginx")

@@ -11,8 +11,8 @@ import json
 from typing import Any
 
 from harness.clients.sse_client import Dechunker
-from harness.proxies.images import LOCAL_IMAGES
-from harness.proxies.launch import REPO_ROOT
+from harness.proxies.kind import REPO_ROOT
+from harness.proxies.registry import LOCAL_IMAGES
 from harness.tables import bench, bench_chart, soak
 
 

@@ -60,8 +60,9 @@ from harness.clients.ws_client import (
     SocketClosed,
 )
 from harness.proxies.images import ProxyImage
-from harness.proxies.launch import RECOMMENDED_SNIPPETS, REPO_ROOT, RunningProxy
-from harness.tables.tested_with import PROXY_NAMES
+from harness.proxies.kind import REPO_ROOT
+from harness.proxies.launch import RunningProxy
+from harness.proxies.registry import RECOMMENDED_SNIPPETS, kind
 from harness.upstream import real_dorkos
 from harness.upstream.conformance import until_turn_ends
 
@@ -284,7 +285,7 @@ def record_run(
     return {
         "config": snippet,
         "sha256": snippet_hash(snippet),
-        "proxy": f"{PROXY_NAMES[image.proxy]} {version}",
+        "proxy": f"{kind(image.proxy).title} {version}",
         "checks": {name: {"passed": o.passed, "summary": o.summary} for name, o in found.items()},
     }
 

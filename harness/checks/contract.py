@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -53,6 +53,9 @@ from harness.lab.tls import SERVER_NAME
 from harness.tables import margins
 from harness.upstream.mock_dorkos import MockDorkOS, RequestRecord, client_address
 
+if TYPE_CHECKING:
+    from harness.proxies.kind import ProxyKind
+
 # Just under Express's 1 MiB json() limit, as a long pasted message would be.
 LARGE_JSON_BYTES = 1_000_000
 CLIENT_IP = "127.0.0.1"
@@ -71,23 +74,29 @@ SLOW_ANSWER_GRACE_S = 30.0
 # - X-Forwarded-Proto: the scheme of that comparison; DorkOS trusts one proxy
 #   hop for it;
 # - X-Forwarded-For: the client address DorkOS logs and rate-limits by.
-# nginx's snippet also sets X-Real-IP; Caddy sets the X-Forwarded-* headers
-# by default (X-Forwarded-Host too, as the page says) and X-Real-IP not at all.
+# Each proxy's kind names what else it sends (nginx's snippet X-Real-IP,
+# Caddy X-Forwarded-Host).
 def expected_forwarded_headers(endpoint: Endpoint) -> dict[str, str]:
     host = endpoint.target.authority
-    if endpoint.proxy == "nginx":
-        return {
-            "Host": host,
-            "X-Real-IP": CLIENT_IP,
-            "X-Forwarded-For": CLIENT_IP,
-            "X-Forwarded-Proto": "https",
-        }
+    values = {"client": CLIENT_IP, "host": host}
+    more = proxy_kind(endpoint).more_forwarded_headers
     return {
         "Host": host,
         "X-Forwarded-For": CLIENT_IP,
         "X-Forwarded-Proto": "https",
-        "X-Forwarded-Host": host,
+        **{name: values[value] for name, value in more.items()},
     }
+
+
+def proxy_kind(endpoint: Endpoint) -> ProxyKind:
+    """What the harness knows of the endpoint's proxy.
+
+    Imported here, not at the top: dorkos-proxy-check imports this module
+    for checks that need no proxy's kind, and must not load Docker's SDK.
+    """
+    from harness.proxies.registry import kind
+
+    return kind(endpoint.proxy)
 
 
 # A visitor's address, other than the proxy's own (127.0.0.1 or ::1, from
@@ -277,8 +286,6 @@ def tls_handshake_at(target: Target, version: ssl.TLSVersion, alpn: list[str]) -
             return None
 
 
-# What the Reverse Proxy page says about HTTP/2 for each proxy's configs.
-HTTP2_ON = {"caddy": True, "nginx": False}
 OLD_TLS = (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1)
 CURRENT_TLS = (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)
 
@@ -308,12 +315,13 @@ def check_tls_versions(endpoint: Endpoint, mock: MockDorkOS) -> str:
     """TLS 1.0 and 1.1 refused, 1.2 and 1.3 offered; reports whether HTTP/2 is on."""
     accepted = tls_versions_offered(endpoint)
     http2 = accepted[ssl.TLSVersion.TLSv1_3] == "h2"
-    if http2 != HTTP2_ON[endpoint.proxy]:
+    said = proxy_kind(endpoint).http2
+    if http2 != said:
         raise violation(
             endpoint,
             f"HTTP/2 is {'on' if http2 else 'off'} (ALPN chose "
             f"{accepted[ssl.TLSVersion.TLSv1_3]!r}); the page says it is "
-            f"{'on' if HTTP2_ON[endpoint.proxy] else 'off'} for {endpoint.proxy}",
+            f"{'on' if said else 'off'} for {endpoint.proxy}",
         )
     return f"TLS 1.0/1.1 refused, 1.2/1.3 offered; HTTP/2 {'on' if http2 else 'off'}"
 

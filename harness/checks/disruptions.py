@@ -170,13 +170,15 @@ RELOADS = 3
 # and for ever later while one stays open. The wait includes asking Docker
 # for the container's processes, which takes a second on a busy machine.
 OLD_WORKERS_GONE_WITHIN_S = 30.0
-_SHUTTING_DOWN = "worker process is shutting down"
 
 
 def _old_workers(proxy: RunningProxy) -> tuple[int, float]:
-    """nginx workers an earlier config left running, and their memory in MiB."""
+    """Workers an earlier config left running (nginx's), and their memory in MiB."""
+    marker = proxy.kind.old_worker_marker
+    if marker is None:
+        return 0, 0.0
     listed = proxy.container.top(ps_args="-o pid,rss,args")["Processes"]
-    old = [row for row in listed if _SHUTTING_DOWN in row[2]]
+    old = [row for row in listed if marker in row[2]]
     return len(old), sum(int(row[1]) for row in old) / 1024
 
 
@@ -215,28 +217,30 @@ def check_proxy_reload(endpoint: Endpoint, mock: MockDorkOS, dorkos: Listening) 
         after = [mock.publish(session, n=n) for n in (2, 3)]
         for transport, take in takes.items():
             seen[transport] = _after_reload(endpoint, path, cursor, after, transport, take)
-        old_open = _old_workers(endpoint) if endpoint.proxy == "nginx" else (0, 0.0)
+        old_open = _old_workers(endpoint)
     closed_at = time.monotonic()
     gone_at = closed_at + OLD_WORKERS_GONE_WITHIN_S
-    while endpoint.proxy == "nginx" and _old_workers(endpoint)[0]:
+    counted = endpoint.kind.old_worker_marker is not None
+    title = endpoint.kind.title
+    while _old_workers(endpoint)[0]:
         if time.monotonic() > gone_at:
             raise violation(
                 endpoint,
-                f"{_old_workers(endpoint)[0]} old nginx workers still ran "
+                f"{_old_workers(endpoint)[0]} old {title} workers still ran "
                 f"{OLD_WORKERS_GONE_WITHIN_S:.0f} s after the last stream closed",
             )
         time.sleep(ASK_EVERY_S)  # polls the container's process list
-    if endpoint.proxy == "nginx":
+    if counted:
         margins.observe(
-            "old nginx workers gone",
+            f"old {title} workers gone",
             time.monotonic() - closed_at,
             OLD_WORKERS_GONE_WITHIN_S,
             endpoint.label,
         )
     workers = (
-        f"; {old_open[0]} old nginx workers ({old_open[1]:.1f} MiB) ran on while the streams "
-        f"were open, none once they closed"
-        if endpoint.proxy == "nginx"
+        f"; {old_open[0]} old {title} workers ({old_open[1]:.1f} MiB) ran on while the "
+        f"streams were open, none once they closed"
+        if counted
         else ""
     )
     return f"{RELOADS} reloads: SSE {seen['sse']}, socket {seen['websocket']}{workers}"

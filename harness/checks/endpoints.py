@@ -17,7 +17,7 @@ class Endpoint(Protocol):
     """A proxy serving one config, as the checks see it."""
 
     @property
-    def proxy(self) -> str: ...  # "nginx" or "caddy"
+    def proxy(self) -> str: ...  # its kind's name (harness.proxies.registry)
 
     @property
     def label(self) -> str: ...  # what a failure message calls it

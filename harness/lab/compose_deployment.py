@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from harness.lab.tls import SERVER_NAME
-from harness.proxies.launch import relative
+from harness.proxies.kind import relative
 
 CADDYFILE_IN_CONTAINER = "/etc/caddy/Caddyfile"
 DORKOS_IMAGE = "ghcr.io/dork-labs/dorkos"

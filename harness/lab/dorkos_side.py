@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from harness.lab.tls import SERVER_NAME
-from harness.proxies.launch import relative
+from harness.proxies.kind import relative
 
 # The unit of DorkOS's deployment guide, with a command that exists here:
 # verify checks that ExecStart can run.

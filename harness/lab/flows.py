@@ -50,14 +50,12 @@ from harness.checks.stream_checks import check_websocket_upgrade
 from harness.lab import compose_deployment, reader_path
 from harness.lab.proxy_lab import ProxyLab
 from harness.lab.snippet_examples import SnippetInclude
-from harness.proxies.images import CADDY_PATH_IMAGE, CERTBOT_NGINX_IMAGE, ProxyImage
-from harness.proxies.launch import (
-    NGINX_EVENTS_SNIPPET,
-    RECOMMENDED_SNIPPETS,
-    REPO_ROOT,
-    RunningProxy,
-)
-from harness.tables.tested_with import PROXY_NAMES
+from harness.proxies.caddy import PATH_IMAGE as CADDY_PATH_IMAGE
+from harness.proxies.images import ProxyImage
+from harness.proxies.kind import REPO_ROOT
+from harness.proxies.launch import RunningProxy
+from harness.proxies.nginx import CERTBOT_NGINX_IMAGE
+from harness.proxies.registry import KINDS, RECOMMENDED_SNIPPETS, kind
 from harness.upstream.mock_dorkos import Listening, MockDorkOS, MockSettings
 
 REDIRECT = Property("http-redirects-to-https", check_http_redirects_to_https)
@@ -193,7 +191,7 @@ def run_disruptions(
 def proxy_for(snippet: Path) -> str | None:
     """Which proxy runs a snippet: its folder's, or Caddy for the Compose Caddyfile."""
     folder = snippet.resolve().relative_to(REPO_ROOT / "snippets").parts[0]
-    if folder in PROXY_NAMES:
+    if folder in KINDS:
         return folder
     if folder == "compose" and snippet.name == "Caddyfile":
         return "caddy"
@@ -221,20 +219,17 @@ def started(
         hosts = compose_deployment.hosts(compose)
         with lab.run(image, include.snippet, acme=True, hosts=hosts, **on_ipv4) as proxy:
             yield proxy, SITE_PROPERTIES
-    elif include.proxy == "caddy":
-        with lab.run(image, include.snippet, acme=True, **dorkos) as proxy:
-            yield proxy, SITE_PROPERTIES
     elif is_events_block(include):
         # The fragment is for a one-core server; it runs with the published
         # site config, and the contract (500 streams included) runs on both.
         site = REPO_ROOT / RECOMMENDED_SNIPPETS["nginx"]
         with lab.run(image, site, events=include.snippet, one_core=True, **dorkos) as proxy:
             yield proxy, ()
-    elif include.proxy == "nginx":
-        with lab.run(image, include.snippet, events=NGINX_EVENTS_SNIPPET, **dorkos) as proxy:
-            yield proxy, SITE_PROPERTIES
     else:
-        raise ValueError(f"{include.snippet_name}: no proxy runs {include.proxy} configs")
+        proxy_kind = kind(include.proxy)
+        options = {"acme": proxy_kind.acme, **proxy_kind.run_options, **dorkos}
+        with lab.run(image, include.snippet, **options) as proxy:
+            yield proxy, SITE_PROPERTIES
 
 
 def _steps_did_not_complete(image: ProxyImage, error: Exception, *extra: str) -> RunOutcome:

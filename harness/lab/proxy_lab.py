@@ -24,22 +24,13 @@ from harness.lab.containers import (
 from harness.lab.netns import private_network
 from harness.lab.reader_path import NginxPath, Step, caddy_path, nginx_path
 from harness.lab.tls import SERVER_NAME, TestCA
-from harness.proxies import nginx_main
-from harness.proxies.images import (
-    CADDY_PATH_IMAGE,
-    CERTBOT_NGINX_IMAGE,
-    PEBBLE_IMAGE,
-    ProxyImage,
-    selected_images,
-)
-from harness.proxies.launch import (
-    HTTPS_PORT,
-    Certificates,
-    RunningProxy,
-    proxy_version,
-    relative,
-    run_proxy,
-)
+from harness.proxies import nginx as nginx_main
+from harness.proxies.caddy import PATH_IMAGE as CADDY_PATH_IMAGE
+from harness.proxies.images import PEBBLE_IMAGE, ProxyImage
+from harness.proxies.kind import Certificates, relative
+from harness.proxies.launch import HTTPS_PORT, RunningProxy, proxy_version, run_proxy
+from harness.proxies.nginx import CERTBOT_NGINX_IMAGE
+from harness.proxies.registry import selected_images
 from harness.tables.tested_with import Outcome, steps_column
 from harness.upstream.mock_dorkos import MockDorkOS, MockSettings
 

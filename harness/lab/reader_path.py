@@ -53,9 +53,10 @@ from harness.lab.containers import (
 from harness.lab.netns import PrivateNetwork
 from harness.lab.snippet_examples import INCLUDE, TITLE
 from harness.lab.tls import SERVER_NAME
-from harness.proxies.images import CERTBOT_NGINX_IMAGE, DebianImage
-from harness.proxies.launch import REPO_ROOT, RunningProxy, https_target, relative
-from harness.proxies.nginx_main import NGINX_CONF, with_events_block
+from harness.proxies.images import DebianImage
+from harness.proxies.kind import REPO_ROOT, relative
+from harness.proxies.launch import RunningProxy, https_target
+from harness.proxies.nginx import CERTBOT_NGINX_IMAGE, NGINX_CONF, with_events_block
 from harness.tables import margins
 
 REVERSE_PROXY_PAGE = REPO_ROOT / "docs" / "reverse-proxy.md"

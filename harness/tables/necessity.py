@@ -27,13 +27,12 @@ from harness.checks import contract
 from harness.checks import stream_checks as streams
 from harness.lab.proxy_lab import ProxyLab
 from harness.proxies.images import ProxyImage
-from harness.proxies.launch import RECOMMENDED_SNIPPETS, REPO_ROOT
-from harness.proxies.variants import AS_PUBLISHED, Variant, variants_for
+from harness.proxies.kind import REPO_ROOT, Variant
+from harness.proxies.registry import KINDS, RECOMMENDED_SNIPPETS
+from harness.proxies.variants import AS_PUBLISHED, render, variants_for
 
 DATA_FILE = REPO_ROOT / "data" / "necessity.json"
-TABLE_FILES = {
-    proxy: REPO_ROOT / "generated" / f"necessity-{proxy}.md" for proxy in ("nginx", "caddy")
-}
+TABLE_FILES = {proxy: REPO_ROOT / "generated" / f"necessity-{proxy}.md" for proxy in KINDS}
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,7 @@ def _measure_variant(
     """{measure: first line of why it failed} for one variant."""
     # The snippet's own file name, so the proxy's messages read as for it.
     path = lab.run_dir(f"{image.key}-variant") / snippet.name
-    path.write_text(variant.render(snippet.read_text(), image.proxy))
+    path.write_text(render(variant, snippet.read_text(), image.proxy))
     shown_as = f"{RECOMMENDED_SNIPPETS[image.proxy]} {variant.name}"
     with lab.run(image, path, shown_as=shown_as) as proxy:
         futures = contract.run_contract(proxy, lab.mock, MEASURES)

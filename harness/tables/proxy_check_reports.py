@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.proxies.launch import REPO_ROOT
+from harness.proxies.kind import REPO_ROOT
 from harness.proxies.variants import AS_PUBLISHED
 from harness.proxy_check import Report, Result, render
 

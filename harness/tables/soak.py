@@ -27,7 +27,8 @@ from typing import Any
 
 from harness.clients.load_clients import Transport, load_stream
 from harness.lab.proxy_lab import proxy_lab
-from harness.proxies.launch import RECOMMENDED_SNIPPETS, REPO_ROOT
+from harness.proxies.kind import REPO_ROOT
+from harness.proxies.registry import RECOMMENDED_SNIPPETS
 from harness.tables.bench import BenchPath, Load, machine, paths
 
 DATA_FILE = REPO_ROOT / "data" / "soak.json"

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.proxies.launch import REPO_ROOT
+from harness.proxies.kind import REPO_ROOT
+from harness.proxies.registry import kind
 
 DATA_FILE = REPO_ROOT / "data" / "tested-with.json"
-PROXY_NAMES = {"caddy": "Caddy", "nginx": "nginx"}
 TABLE_FILE = REPO_ROOT / "generated" / "tested-with.md"
 # A column for a tab's steps run whole, apart from the same image's runs of
 # the snippet alone: its key is the image's with this after it.
@@ -142,7 +142,7 @@ def render(data: dict[str, Any]) -> str:
         ]
         lines += [
             "",
-            f"## {PROXY_NAMES[proxy]}: `{_shown(snippet, proxy)}`",
+            f"## {kind(proxy).title}: `{_shown(snippet, proxy)}`",
             "",
             "| Check | " + " | ".join(header) + " |",
             "|---|" + ":---:|" * len(mine),
@@ -158,7 +158,7 @@ def render(data: dict[str, Any]) -> str:
         '??? info "Where each column came from"',
         "",
         *(
-            f"    - `{snippet}` on {PROXY_NAMES[first[(snippet, image)].proxy]} "
+            f"    - `{snippet}` on {kind(first[(snippet, image)].proxy).title} "
             f"{first[(snippet, image)].version}: {first[(snippet, image)].source}"
             for snippet, image in columns
         ),

@@ -40,7 +40,7 @@ from harness.clients.ws_client import (
     SocketClosed,
     open_socket,
 )
-from harness.proxies.launch import REPO_ROOT
+from harness.proxies.kind import REPO_ROOT
 
 DATA_FILE = REPO_ROOT / "data" / "conformance.json"
 TABLE_FILE = REPO_ROOT / "generated" / "conformance.md"

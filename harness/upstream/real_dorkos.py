@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import httpx
 
 from harness.lab.netns import PrivateNetwork
-from harness.proxies.launch import REPO_ROOT
+from harness.proxies.kind import REPO_ROOT
 from harness.upstream.conformance import TRUSTED, Upstream
 
 NODE_MAJOR_NEEDED = 22
