@@ -14,7 +14,7 @@ TIMED := scripts/timed
 export DORKOS_DOCS_STATE ?= .cache
 SETUP_TIMES := $(DORKOS_DOCS_STATE)/setup-times.tsv
 
-.PHONY: serve site test check lock lint typecheck host browser images necessity tested-with bench soak conformance clean
+.PHONY: serve site test verdict check lock lint typecheck host browser images necessity tested-with bench soak conformance clean
 
 # uv installs the packages: pip took about a minute of a cold run's five on
 # two cores, uv about a quarter of that (it downloads side by side). It
@@ -92,6 +92,11 @@ test:
 	$(MAKE) --no-print-directory -j4 --output-sync=line lint typecheck site images browser
 	DORKOS_DOCS_SETUP_TIMES=$(SETUP_TIMES) DORKOS_DOCS_SITE=site \
 	  scripts/run-pytest $(BIN)/pytest
+
+## verdict: one snippet on every version of its proxy, alone (SNIPPET=snippets/haproxy/dorkos.cfg)
+verdict: $(INSTALLED) host images
+	@test -n "$(SNIPPET)" || { echo "make verdict: say which, e.g. SNIPPET=snippets/haproxy/dorkos.cfg" >&2; exit 2; }
+	scripts/run-pytest $(BIN)/pytest docs --snippet $(SNIPPET)
 
 ## check: what CI runs
 check: test

@@ -31,9 +31,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="record every snippet example's outcome in data/tested-with.json, and "
         "rewrite the other files in generated/ that the run produces",
     )
+    parser.addoption(
+        "--snippet",
+        metavar="PATH",
+        help="run only the page examples that show this snippet (e.g. "
+        "snippets/haproxy/dorkos.cfg): its verdict on every version, alone",
+    )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    only = config.getoption("--snippet")
+    if only is not None:
+        keep = [i for i in items if isinstance(i, SybilItem) and _shows(i, only)]
+        if not keep:
+            shown = sorted(
+                {i.example.parsed.snippet_name for i in items if isinstance(i, SybilItem)}
+            )
+            raise pytest.UsageError(
+                f"--snippet {only}: no page example shows it; the pages show {', '.join(shown)}"
+            )
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
     # Each snippet example runs real proxies, a minute of silence included.
     for item in items:
         if isinstance(item, SybilItem):
@@ -71,6 +89,11 @@ def proxy_lab(
         if update and lab.outcomes:  # not when only other tests ran
             tested_with.write(lab.outcomes)
     LAB_TIMINGS.extend(lab.timings)
+
+
+def _shows(item: SybilItem, snippet: str) -> bool:
+    parsed = item.example.parsed
+    return getattr(parsed, "snippet_name", None) == snippet.removeprefix("./")
 
 
 def pytest_keyboard_interrupt() -> None:

@@ -106,6 +106,12 @@ class Advice:
 SET_UP = Advice(
     "use the published config for your proxy, as it is", "Set up the proxy", "set-up-the-proxy"
 )
+LEAVING = Advice(
+    "use the published config for your proxy, as it is (HAProxy: 3.0 or later, "
+    "as 2.6 keeps quiet streams open)",
+    "Set up the proxy",
+    "set-up-the-proxy",
+)
 TELL_DORKOS = Advice(
     "forward the Host the browser sent (nginx: proxy_set_header Host $host), and set "
     "DORKOS_TRUSTED_HOSTS to your domain",
@@ -392,7 +398,7 @@ ITEMS: tuple[Item, ...] = (
         "disconnect-reaches-dorkos",
         "A client leaving reaches DorkOS",
         both_transports(disconnect),
-        SET_UP,
+        LEAVING,
         (*SOCKET_FAILURES, *HELD_BACK),
         stand_in=True,
     ),

@@ -22,7 +22,6 @@ from harness.lab.containers import run_to_completion
 from harness.lab.proxy_lab import ProxyLab
 from harness.lab.snippet_examples import SNIPPETS
 from harness.lab.tls import SERVER_NAME
-from harness.proxies.caddy import CaddyBinaryImage
 from harness.proxies.kind import REPO_ROOT
 from harness.proxies.nginx import EVENTS_SNIPPET as NGINX_EVENTS_SNIPPET
 from harness.proxies.nginx import NGINX_CONF
@@ -101,7 +100,7 @@ def test_page_explains_at_least_one_finding() -> None:
 @pytest.mark.parametrize("caddyfile", CADDYFILES, ids=lambda p: str(p.relative_to(SNIPPETS)))
 def test_caddyfile_is_what_caddy_fmt_writes(caddyfile: Path) -> None:
     formatted = subprocess.run(
-        [str(CaddyBinaryImage("fmt", "caddy", "caddy fmt").binary), "fmt", str(caddyfile)],
+        [str(Path(sys.executable).parent / "caddy"), "fmt", str(caddyfile)],
         capture_output=True,
         check=True,
     ).stdout

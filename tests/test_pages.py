@@ -1,5 +1,7 @@
 """The docs yield the examples we think they do, and break loudly when wrong."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ EXPECTED_EXAMPLES = {
     "docs/index.md": 0,
     "docs/check-your-proxy.md": 0,
     "docs/how-it-is-tested.md": 0,
-    "docs/reverse-proxy.md": 6,  # Caddy, nginx (2), Compose (2), the drop-in
+    "docs/reverse-proxy.md": 7,  # Caddy, nginx (2), HAProxy, Compose (2), the drop-in
     "docs/tested-with.md": 0,
     "docs/what-it-costs.md": 0,
 }
@@ -46,6 +48,7 @@ def test_reverse_proxy_page_runs_each_proxy() -> None:
         ("caddy", "snippets/caddy/Caddyfile"),
         ("nginx", "snippets/nginx/dorkos.conf"),
         ("nginx", "snippets/nginx/events.conf"),
+        ("haproxy", "snippets/haproxy/dorkos.cfg"),
         ("compose", "snippets/compose/compose.yml"),
         ("compose", "snippets/compose/Caddyfile"),
         ("dorkos", "snippets/dorkos/proxy.conf"),
@@ -89,3 +92,17 @@ def test_include_with_extra_lines_is_an_error(tmp_path: Path) -> None:
 def test_shell_commands_may_be_inline(tmp_path: Path) -> None:
     page = write_page(tmp_path, "```bash\nsudo certbot --nginx -d dorkos.example.com\n```\n")
     assert includes_on(page) == []
+
+
+def test_a_verdict_for_a_snippet_no_page_shows_names_the_ones_they_do() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "docs", "--snippet", "snippets/x"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
+    assert "--snippet snippets/x: no page example shows it" in done.stderr
+    assert "snippets/haproxy/dorkos.cfg" in done.stderr

@@ -42,3 +42,18 @@ def test_caddy_variant_gets_a_reverse_proxy_block() -> None:
 def test_a_directive_the_snippet_lacks_is_an_error() -> None:
     with pytest.raises(VariantError, match="expected one line 'proxy_bufering off'"):
         render(Variant("typo", removes="proxy_bufering off"), NGINX, "nginx")
+
+
+HAPROXY = (REPO_ROOT / "snippets" / "haproxy" / "dorkos.cfg").read_text()
+
+
+def test_haproxy_measures_every_line_but_the_ones_that_make_the_site() -> None:
+    found = directives(HAPROXY, "haproxy")
+    assert "timeout tunnel 24h" in found and "option forwardfor" in found
+    assert not [d for d in found if d.startswith(("bind ", "server ", "default_backend "))]
+    assert not [d for d in found if d.startswith(("frontend", "backend"))]
+
+
+def test_a_line_the_snippet_holds_twice_fails_before_anything_runs() -> None:
+    with pytest.raises(VariantError, match=r"expected one line 'option forwardfor' .* found 2"):
+        variants_for(HAPROXY + "\nbackend other\n    option forwardfor\n", "haproxy")

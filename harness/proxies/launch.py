@@ -104,15 +104,16 @@ def serving(
     (inside `network`; None is the machine's own network).
     """
     launch = kind(image.proxy).launch(configs, ca, workdir, main_config)
-    code, output = run_to_completion(
-        client, tag, launch.check_command, launch.mounts, role=f"{image.key}-check"
-    )
-    if code != 0:
-        raise ConfigRejected(
-            f"{', '.join(relative(c) for c in configs)}: {image.description} rejects "
-            f"this config ({' '.join(launch.check_command)} exited {code}):\n"
-            + launch.explain(output)
+    if launch.check_command is not None:
+        code, output = run_to_completion(
+            client, tag, launch.check_command, launch.mounts, role=f"{image.key}-check"
         )
+        if code != 0:
+            raise ConfigRejected(
+                f"{', '.join(relative(c) for c in configs)}: {image.description} rejects "
+                f"this config ({' '.join(launch.check_command)} exited {code}):\n"
+                + launch.explain(output)
+            )
 
     def handshakes_succeed() -> None:
         for port in ports:
@@ -126,6 +127,7 @@ def serving(
         role=image.key,
         network=network,
         **image.container_options(),
+        environment=launch.environment,
         ready=handshakes_succeed,
         waiting_for=f"a TLS handshake for {SERVER_NAME} on 127.0.0.1 port(s) "
         f"{', '.join(map(str, ports))} that verifies against "

@@ -19,11 +19,16 @@ def directives(text: str, proxy: str) -> list[str]:
 
 
 def variants_for(text: str, proxy: str) -> list[Variant]:
-    return [
+    """Every variant, each made once here so that one the snippet can't
+    have (a line it holds twice) fails before any proxy is started."""
+    variants = [
         Variant(AS_PUBLISHED),
         *(Variant(f"without {d}", removes=d) for d in directives(text, proxy)),
         *kind(proxy).additions,
     ]
+    for variant in variants:
+        variant.render(text, kind(proxy).grammar)
+    return variants
 
 
 def render(variant: Variant, text: str, proxy: str) -> str:
