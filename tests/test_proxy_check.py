@@ -37,6 +37,7 @@ from harness.lab import compose_deployment
 from harness.lab.proxy_lab import DORKOS_LISTENS_ON, ProxyLab
 from harness.lab.tls import SERVER_NAME
 from harness.proxies.kind import REPO_ROOT
+from harness.proxies.launch import RunningProxy
 from harness.proxies.registry import LOCAL_IMAGES, RECOMMENDED_SNIPPETS, kind
 from harness.proxies.variants import AS_PUBLISHED, recommended_variant
 from harness.tables import proxy_check_reports
@@ -101,11 +102,14 @@ def _step(*argv: str | Path, cwd: Path, env: dict[str, str]) -> None:
         raise RuntimeError(f"`{' '.join(map(str, argv))}` failed: {done.stderr}")
 
 
-def run_command(command: Path, lab: ProxyLab, network: Any, shown: str) -> CommandRun:
-    """One of the page's commands, in the run's network: its domain is the proxy."""
+def run_command(command: Path, running: RunningProxy, shown: str) -> CommandRun:
+    """One of the page's commands, in the run's network: its domain is the proxy,
+    whose certificate comes from the test CA or, for a proxy that gets its own,
+    the run's ACME server."""
     _, *args = shlex.split(shown)
     argv = [str(command), *args, "--address", "127.0.0.1"]
-    argv += ["--cacert", str(lab.ca.root_cert), "--json"]
+    argv += ["--cacert", str(running.target.ca_file), "--json"]
+    network = running.network
 
     def run() -> subprocess.CompletedProcess[str]:
         return subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
@@ -145,11 +149,11 @@ def check_through(
             lab.run(image, config, shown_as=shown_as, with_mock=False, hosts=hosts) as running,
             lab.mock.listening_in(running.network, dorkos_on),
         ):
-            return run_command(command, lab, running.network, LIVE)
+            return run_command(command, running, LIVE)
 
     def stand_in() -> CommandRun:
         with lab.run(image, config, shown_as=shown_as, with_mock=False, hosts=hosts) as running:
-            return run_command(command, lab, running.network, STAND_IN)
+            return run_command(command, running, STAND_IN)
 
     # A proxy run a mode, side by side: nothing listens on 4242 for --stand-in.
     modes = {"live": live} if proxy == "compose" else {"live": live, "stand-in": stand_in}

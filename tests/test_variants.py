@@ -57,3 +57,10 @@ def test_haproxy_measures_every_line_but_the_ones_that_make_the_site() -> None:
 def test_a_line_the_snippet_holds_twice_fails_before_anything_runs() -> None:
     with pytest.raises(VariantError, match=r"expected one line 'option forwardfor' .* found 2"):
         variants_for(HAPROXY + "\nbackend other\n    option forwardfor\n", "haproxy")
+
+
+def test_traefik_measures_the_routes_middlewares_only() -> None:
+    route = (REPO_ROOT / "snippets" / "traefik" / "dorkos.yml").read_text()
+    assert directives(route, "traefik") == ["- scheme-https"]
+    (without,) = [v for v in variants_for(route, "traefik") if v.name == "without - scheme-https"]
+    assert "- scheme-https" not in render(without, route, "traefik")

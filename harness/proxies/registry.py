@@ -14,12 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import docker
 
-from harness.proxies import caddy, haproxy, nginx
+from harness.proxies import caddy, haproxy, nginx, traefik
 from harness.proxies.images import PEBBLE_IMAGE, ImageUnavailable, ProxyImage, image_source
 from harness.proxies.kind import ProxyKind
 
 # In the order the pages' tabs and tables put them.
-KINDS: dict[str, ProxyKind] = {kind.name: kind for kind in (caddy.KIND, nginx.KIND, haproxy.KIND)}
+KINDS: dict[str, ProxyKind] = {
+    kind.name: kind for kind in (caddy.KIND, nginx.KIND, haproxy.KIND, traefik.KIND)
+}
 # Each proxy's recommended HTTPS config: what the measurements and the
 # benchmark run.
 RECOMMENDED_SNIPPETS = {kind.name: kind.recommended_snippet for kind in KINDS.values()}

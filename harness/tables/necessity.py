@@ -239,6 +239,9 @@ WHAT_IT_DOES = {
     "timeout server": "How long HAProxy waits on a quiet DorkOS (Debian's default 50 s).",
     "timeout tunnel": "How long an upgraded WebSocket may be quiet (without it, the two above).",
     "option abortonclose": "Closes DorkOS's side of a stream when the browser leaves.",
+    "- scheme-https": "Runs the route's requests through the `scheme-https` middleware.",
+    "X-Forwarded-Proto: https": "Tells DorkOS `https`, where Traefik would say `wss` for a "
+    "WebSocket.",
     "balance first": "Sends every request to the first server, `::1`.",
     "option redispatch 1": "Tries a request `::1` refused on `127.0.0.1`. The measurements "
     "run DorkOS on `::1`, where it has nothing to do; the runs with DorkOS on `127.0.0.1` "
