@@ -201,3 +201,26 @@ def test_debians_caddy_warns_of_zerossl_as_the_page_says(proxy_lab: ProxyLab) ->
     warning = "missing email address for ZeroSSL"
     assert warning in log, f"Caddy on {image.description} did not log {warning!r}:\n{log[-2000:]}"
     assert f"`{warning}`" in " ".join(PAGE.read_text().split())
+
+
+def test_haproxys_config_check_says_what_the_page_says(proxy_lab: ProxyLab, tmp_path: Path) -> None:
+    """The HAProxy tab's `haproxy -c`: no alert, and 2.6's line of success."""
+    from harness.lab.containers import run_to_completion
+    from harness.proxies.registry import kind
+
+    snippet = REPO_ROOT / RECOMMENDED_SNIPPETS["haproxy"]
+    page = " ".join(PAGE.read_text().split())
+    assert "2.6 also prints `Configuration file is valid`; 3.0 prints nothing" in page
+    for image in proxy_lab.images_for("haproxy"):
+        launch = kind("haproxy").launch([snippet], proxy_lab.ca, tmp_path, None)
+        assert launch.check_command is not None
+        code, output = run_to_completion(
+            proxy_lab.client,
+            proxy_lab.tag(image),
+            launch.check_command,
+            launch.mounts,
+            role="haproxy-config-check",
+        )
+        assert code == 0 and "[ALERT]" not in output, f"{image.description}: {output}"
+        says_valid = "Configuration file is valid" in output
+        assert says_valid == image.key.endswith("debian12"), f"{image.description}: {output!r}"

@@ -173,9 +173,11 @@ def run_snippet(include: SnippetInclude) -> Path:
     only ever runs beside its proxy's recommended config (Traefik's route),
     that config, so both examples report the one run they share."""
     proxy = proxy_for(include.snippet)
-    companion = kind(proxy).companion if proxy is not None else None
+    if proxy is None:
+        return include.snippet
+    companion = kind(proxy).companion
     if companion is not None and include.snippet.resolve() == companion.resolve():
-        return REPO_ROOT / kind(include.proxy).recommended_snippet
+        return REPO_ROOT / kind(proxy).recommended_snippet
     return include.snippet
 
 

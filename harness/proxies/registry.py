@@ -41,7 +41,7 @@ def kind(name: str) -> ProxyKind:
         raise KeyError(f"no proxy is called {name!r}: known are {', '.join(KINDS)}") from None
 
 
-def all_images() -> tuple[ProxyImage, ...]:
+def selected_images() -> tuple[ProxyImage, ...]:
     """Every version of every proxy, as DORKOS_DOCS_IMAGES selects them."""
     official = image_source() == "official"
     return tuple(
@@ -49,10 +49,6 @@ def all_images() -> tuple[ProxyImage, ...]:
         for kind in KINDS.values()
         for image in (kind.official_images if official else kind.local_images)
     )
-
-
-def selected_images() -> tuple[ProxyImage, ...]:
-    return all_images()
 
 
 def ensure_all(client: docker.DockerClient) -> dict[str, str]:
