@@ -15,7 +15,8 @@ EXPECTED_EXAMPLES = {
     "docs/index.md": 0,
     "docs/check-your-proxy.md": 0,
     "docs/how-it-is-tested.md": 0,
-    "docs/reverse-proxy.md": 9,  # Caddy, nginx (2), HAProxy, Traefik (2), Compose (2), the drop-in
+    # Caddy, nginx (2), HAProxy, Traefik (2), Apache httpd (2), Compose (2), the drop-in
+    "docs/reverse-proxy.md": 11,
     "docs/tested-with.md": 0,
     "docs/what-it-costs.md": 0,
 }
@@ -51,6 +52,8 @@ def test_reverse_proxy_page_runs_each_proxy() -> None:
         ("haproxy", "snippets/haproxy/dorkos.cfg"),
         ("traefik", "snippets/traefik/traefik.yml"),
         ("traefik", "snippets/traefik/dorkos.yml"),
+        ("apache", "snippets/apache/dorkos.conf"),
+        ("apache", "snippets/apache/dorkos-workers.conf"),
         ("compose", "snippets/compose/compose.yml"),
         ("compose", "snippets/compose/Caddyfile"),
         ("dorkos", "snippets/dorkos/proxy.conf"),

@@ -8,7 +8,10 @@ fails when that file no longer says what the suite measures.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +21,7 @@ import pytest
 
 from harness.checks import capacity, contract, disruptions, stream_checks
 from harness.checks.endpoints import Check, ContractViolation, Endpoint, run_check
-from harness.clients import browser
+from harness.clients import browser, load_clients
 from harness.lab.containers import Mount, run_to_completion
 from harness.lab.proxy_lab import ProxyLab
 from harness.lab.tls import SERVER_NAME
@@ -244,6 +247,93 @@ def test_debian_events_block_runs_out_before_500_streams_on_one_core(
     for image, (failure, log) in measured.items():
         assert f"of {capacity.STREAMS} streams failed" in failure, f"{image}: they held"
         assert "768 worker_connections are not enough" in log, f"{image}: {failure}"
+
+
+# -- Apache: Debian's worker settings hold 150 streams; the published ones 500.
+
+APACHE_STREAMS = 200
+# Apache's own line when every worker thread is taken (AH00484).
+APACHE_OUT_OF_WORKERS = "server reached MaxRequestWorkers setting"
+# Only a hang guard: on a busy two-core machine the 150th stream opened
+# within a few seconds.
+APACHE_LIMIT_WITHIN_S = 90.0
+
+
+async def _open_streams_until_logged(
+    proxy: Endpoint, mock: MockDorkOS, count: int, line: str
+) -> int:
+    """Open `count` quiet SSE streams at once until the proxy logs `line`;
+    how many got their snapshot by then."""
+    host, port = proxy.target.base_url.split("://", 1)[1].rsplit(":", 1)
+    context = proxy.target.ssl_context()
+    context.set_alpn_protocols(["http/1.1"])
+    streams = [load_clients.load_stream("sse") for _ in range(count)]
+    opened = 0
+
+    async def one(stream: load_clients.LoadStream) -> None:
+        nonlocal opened
+        session = mock.behave(str(uuid.uuid4()), heartbeat_interval=None)
+        await stream.open(host, int(port), context, f"/api/sessions/{session}/events")
+        while (await stream.next_frame()).event != "snapshot":
+            pass
+        opened += 1
+
+    tasks = [asyncio.ensure_future(one(s)) for s in streams]
+    deadline = time.monotonic() + APACHE_LIMIT_WITHIN_S
+    try:
+        while line not in proxy.log_tail(100_000) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        # Streams that were to open have: each of the workers' answers the
+        # snapshot at once, and the rest wait for a worker that never frees.
+        await asyncio.sleep(2.0)
+        return opened
+    finally:
+        for task in tasks:
+            task.cancel()
+        failed = [
+            r
+            for r in await asyncio.gather(*tasks, return_exceptions=True)
+            if isinstance(r, Exception)
+        ]
+        if failed:
+            raise AssertionError(f"{len(failed)} streams failed: {failed[:3]}")
+        for stream in streams:
+            await stream.close()
+
+
+def measure_apache_without_worker_settings(lab: ProxyLab) -> dict[str, tuple[int, str]]:
+    """{image: (streams open when Apache said it ran out, Apache's log)}."""
+    site = REPO_ROOT / RECOMMENDED_SNIPPETS["apache"]
+
+    def one(image: ProxyImage) -> tuple[str, tuple[int, str]]:
+        with lab.run(image, site, companion=False) as proxy:
+
+            def opened_until_logged(endpoint: Endpoint, mock: MockDorkOS) -> str:
+                limit_logged = _open_streams_until_logged(
+                    endpoint, mock, APACHE_STREAMS, APACHE_OUT_OF_WORKERS
+                )
+                return str(asyncio.run(limit_logged))
+
+            opened = run_check(opened_until_logged, proxy, lab.mock)
+            return image.key, (int(opened), proxy.stopped_log())
+
+    images = lab.images_for("apache")
+    with ThreadPoolExecutor(len(images)) as pool:
+        return dict(pool.map(one, images))
+
+
+@pytest.mark.measured_by(measure=measure_apache_without_worker_settings)
+def test_debian_apache_runs_out_of_workers_at_150_streams(
+    measured: dict[str, tuple[int, str]],
+) -> None:
+    """Without the published worker settings, Debian's MaxRequestWorkers 150
+    is every stream Apache holds: it says so, and no more get an answer."""
+    for image, (opened, log) in measured.items():
+        assert APACHE_OUT_OF_WORKERS in log, (
+            f"{image}: {APACHE_STREAMS} streams open at once, and Apache never said "
+            f"{APACHE_OUT_OF_WORKERS!r} ({opened} got their snapshot)"
+        )
+        assert opened <= 150, f"{image}: {opened} streams open, over Debian's 150 workers"
 
 
 # -- WebSockets: "The app loads but replies never appear", and ports.

@@ -75,10 +75,10 @@ SLOW_ANSWER_GRACE_S = 30.0
 #   hop for it;
 # - X-Forwarded-For: the client address DorkOS logs and rate-limits by.
 # Each proxy's kind names what else it sends (nginx's snippet X-Real-IP,
-# Caddy X-Forwarded-Host).
+# Caddy X-Forwarded-Host, Apache the name of the site that answered).
 def expected_forwarded_headers(endpoint: Endpoint) -> dict[str, str]:
     host = endpoint.target.authority
-    values = {"client": CLIENT_IP, "host": host}
+    values = {"client": CLIENT_IP, "host": host, "server_name": SERVER_NAME}
     more = proxy_kind(endpoint).more_forwarded_headers
     return {
         "Host": host,

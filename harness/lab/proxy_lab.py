@@ -181,6 +181,7 @@ class ProxyLab:
         mock: MockDorkOS | None = None,
         dorkos_on: tuple[str, ...] = DORKOS_LISTENS_ON,
         hosts: dict[str, str] | None = None,
+        companion: bool = True,
     ) -> Iterator[RunningProxy]:
         """Serve one published snippet on port 443 of a private network.
 
@@ -193,7 +194,9 @@ class ProxyLab:
         it is not a file of the repository (a variant). `port` is where the
         config serves HTTPS, if not 443. `nginx_log_level` sets the level of
         Debian's error log, to see what it leaves out by default. `hosts`
-        are names the proxy resolves, as a Compose service's name.
+        are names the proxy resolves, as a Compose service's name. Without
+        `companion`, the proxy's published companion file (Apache's worker
+        settings) is left out, to show what it is for.
         """
         workdir = self.run_dir(image.key)
         proxy_kind = kind(image.proxy)
@@ -201,7 +204,7 @@ class ProxyLab:
         served = shown_as or relative(snippet)
         if main_config is not None:
             served += f", {nginx_main.describe(events, one_core)}"
-        elif proxy_kind.companion is not None:
+        elif proxy_kind.companion is not None and companion:
             main_config = proxy_kind.companion
             served += f", with {relative(main_config)}"
         # A proxy whose config can't name an ACME server asks "Let's Encrypt".

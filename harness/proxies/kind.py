@@ -92,6 +92,9 @@ class Variant:
     # How the measurements' table words the change, when "Add" or "Remove"
     # would not say it (a line used in place of another).
     table_label: str | None = None
+    # Whether that change takes part of a line away (a parameter of
+    # Apache's ProxyPass), so the table reads it as a removal.
+    takes_away: bool = False
 
     def _line_of(self, directive: str, lines: list[str], grammar: Grammar) -> int:
         matching = [i for i, line in enumerate(lines) if grammar.directive(line) == directive]

@@ -14,13 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import docker
 
-from harness.proxies import caddy, haproxy, nginx, traefik
+from harness.proxies import apache, caddy, haproxy, nginx, traefik
 from harness.proxies.images import PEBBLE_IMAGE, ImageUnavailable, ProxyImage, image_source
 from harness.proxies.kind import ProxyKind
 
 # In the order the pages' tabs and tables put them.
 KINDS: dict[str, ProxyKind] = {
-    kind.name: kind for kind in (caddy.KIND, nginx.KIND, haproxy.KIND, traefik.KIND)
+    kind.name: kind for kind in (caddy.KIND, nginx.KIND, haproxy.KIND, traefik.KIND, apache.KIND)
 }
 # Each proxy's recommended HTTPS config: what the measurements and the
 # benchmark run.

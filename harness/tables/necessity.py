@@ -150,7 +150,7 @@ def _measure_variant(
 
 def _change(variant: Variant) -> str | None:
     if variant.table_label is not None:
-        return "~" + variant.table_label
+        return ("^" if variant.takes_away else "~") + variant.table_label
     if variant.removes is not None:
         return f"-{variant.removes}"
     if variant.replaces is not None:
@@ -246,6 +246,15 @@ WHAT_IT_DOES = {
     "option redispatch 1": "Tries a request `::1` refused on `127.0.0.1`. The measurements "
     "run DorkOS on `::1`, where it has nothing to do; the runs with DorkOS on `127.0.0.1` "
     "need it.",
+    "SSLProtocol": "Allows TLS 1.2 and 1.3 only. Debian's OpenSSL refuses TLS 1.0 and 1.1 "
+    "at its default security level; with this line the config does on any system.",
+    "ProxyPreserveHost On": "Forwards the host name the browser used (Apache's default is "
+    "the one in `ProxyPass`, `localhost:4242`).",
+    "RequestHeader set X-Forwarded-Proto": "Tells DorkOS the scheme the browser used.",
+    "Remove `upgrade=websocket`": "Without it, Apache passes a WebSocket upgrade on as an "
+    "ordinary request.",
+    "AddOutputFilterByType DEFLATE": "Compresses responses of the listed types (Debian's "
+    "`deflate.conf` lists text types, not `text/event-stream`).",
     "option http-no-delay": "Sends each piece on at once; HAProxy 3.0 otherwise lets the "
     "kernel hold small writes back for more, up to 200 ms each.",
 }
@@ -349,7 +358,8 @@ def render_table(results: dict[str, Any], proxy: str) -> str:
         }
         added = first["change"].startswith(("+", "~"))
         change = first["change"][1:]
-        label = {"+": f"Add `{change}`", "-": f"Remove `{change}`", "~": change}[first["change"][0]]
+        prefix = first["change"][0]
+        label = {"+": f"Add `{change}`", "-": f"Remove `{change}`"}.get(prefix, change)
         if len({tuple(f) for f in per_run.values()}) == 1:
             fails = next(iter(per_run.values()))
             what = symptoms(fails)
