@@ -15,6 +15,8 @@ from harness.lab import flows
 from harness.lab.proxy_lab import ProxyLab, RunTiming
 from harness.lab.proxy_lab import proxy_lab as open_proxy_lab
 from harness.lab.snippet_examples import docs_sybil
+from harness.proxies.images import ProxyImage
+from harness.proxies.registry import KINDS, UnknownProxy, selected_proxies
 from harness.tables import margins, necessity, setup_times, tested_with
 
 pytest_collect_file = docs_sybil(flows.evaluate_snippet).pytest()
@@ -52,6 +54,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             )
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
         items[:] = keep
+    _deselect_proxies_not_selected(config, items)
     # Each snippet example runs real proxies, a minute of silence included.
     for item in items:
         if isinstance(item, SybilItem):
@@ -89,6 +92,40 @@ def proxy_lab(
         if update and lab.outcomes:  # not when only other tests ran
             tested_with.write(lab.outcomes)
     LAB_TIMINGS.extend(lab.timings)
+
+
+def _proxies_of(item: pytest.Item) -> set[str]:
+    """The proxies a test runs: its example's, its `proxies` marker's, or
+    those its parameters name. None: it runs in every selection."""
+    if isinstance(item, SybilItem):
+        snippet = getattr(item.example.parsed, "snippet", None)
+        proxy = flows.proxy_for(snippet) if snippet is not None else None
+        return {proxy} if proxy else set()
+    found = {name for marker in item.iter_markers("proxies") for name in marker.args}
+    callspec = getattr(item, "callspec", None)
+    for value in callspec.params.values() if callspec else ():
+        for part in value if isinstance(value, tuple) else (value,):
+            if isinstance(part, ProxyImage):
+                found.add(part.proxy)
+            elif isinstance(part, str) and part in KINDS:
+                found.add(part)
+    unknown = found - set(KINDS)
+    if unknown:
+        raise pytest.UsageError(f"{item.nodeid}: no proxy is called {', '.join(sorted(unknown))}")
+    return found
+
+
+def _deselect_proxies_not_selected(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """PROXIES=traefik: only the tests of the proxies it names, and those of none."""
+    try:
+        selected = set(selected_proxies())
+    except UnknownProxy as error:
+        raise pytest.UsageError(str(error)) from None
+    if selected == set(KINDS):
+        return
+    keep = [i for i in items if not (proxies := _proxies_of(i)) or proxies & selected]
+    config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+    items[:] = keep
 
 
 def _shows(item: SybilItem, snippet: str) -> bool:

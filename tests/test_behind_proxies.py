@@ -17,7 +17,7 @@ from harness.checks import behind_proxies
 from harness.checks.behind_proxies import Outcome
 from harness.lab.proxy_lab import ProxyLab
 from harness.proxies.kind import REPO_ROOT, Variant
-from harness.proxies.registry import RECOMMENDED_SNIPPETS
+from harness.proxies.registry import RECOMMENDED_SNIPPETS, selected_proxies
 from harness.proxies.variants import recommended_variant, render
 from harness.upstream import conformance
 
@@ -87,7 +87,12 @@ def measure_behind_proxies(lab: ProxyLab) -> Runs:
         config.write_text(text or recommended_variant(proxy, name))
         return behind_proxies.through(lab, image, config, shown_as=f"{snippet.name} {name}")
 
-    runs = [*((proxy, "as published") for proxy in RECOMMENDED_SNIPPETS), *BROKEN]
+    # The proxies this run covers (PROXIES), and their broken configs.
+    proxies = selected_proxies()
+    runs = [
+        *((proxy, "as published") for proxy in proxies),
+        *(run for run in BROKEN if run[0] in proxies),
+    ]
     with ThreadPoolExecutor(len(runs), thread_name_prefix="behind") as pool:
         futures = {run: pool.submit(one, *run) for run in runs}
         return {run: future.result() for run, future in futures.items()}
@@ -95,7 +100,7 @@ def measure_behind_proxies(lab: ProxyLab) -> Runs:
 
 @pytest.mark.measured_by(measure=measure_behind_proxies)
 def test_published_configs_pass_every_check(measured: Runs) -> None:
-    for proxy in RECOMMENDED_SNIPPETS:
+    for proxy in selected_proxies():
         found = measured[(proxy, "as published")]
         assert list(found) == [c.name for c in behind_proxies.CHECKS]
         failed = {name: o.summary for name, o in found.items() if not o.passed}

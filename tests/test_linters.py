@@ -68,6 +68,7 @@ def debian_tree(lab: ProxyLab, site: Path, into: Path) -> Path:
     return into / "nginx.conf"
 
 
+@pytest.mark.proxies("nginx")
 @pytest.mark.docker
 @pytest.mark.parametrize("site", NGINX_SITE_CONFIGS, ids=lambda p: p.name)
 def test_gixy_finds_only_what_the_page_explains(

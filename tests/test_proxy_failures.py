@@ -100,6 +100,7 @@ def test_rejected_config_names_file_and_line(
     assert still_there(lab, created_by_lab) == []
 
 
+@pytest.mark.proxies("nginx")
 def test_container_is_removed_when_a_test_fails_inside(
     lab: ProxyLab, created_by_lab: list[str]
 ) -> None:
@@ -150,6 +151,7 @@ def test_unreachable_engine_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         docker_client()
 
 
+@pytest.mark.proxies("nginx")
 def test_port_already_taken_in_a_runs_network_is_named(lab: ProxyLab) -> None:
     image = lab.images_for("nginx")[0]
     snippet = Path(__file__).parent.parent / "snippets/nginx/dorkos.conf"

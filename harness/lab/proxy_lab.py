@@ -30,7 +30,12 @@ from harness.proxies.images import PEBBLE_IMAGE, ProxyImage
 from harness.proxies.kind import Certificates, relative
 from harness.proxies.launch import HTTPS_PORT, RunningProxy, proxy_version, run_proxy
 from harness.proxies.nginx import CERTBOT_NGINX_IMAGE
-from harness.proxies.registry import kind, selected_images
+from harness.proxies.registry import (
+    PROXIES_VARIABLE,
+    kind,
+    selected_images,
+    selected_proxies,
+)
 from harness.tables.tested_with import Outcome, steps_column
 from harness.upstream.mock_dorkos import MockDorkOS, MockSettings
 
@@ -52,6 +57,10 @@ class RunTiming:
     label: str
     startup_s: float  # config check, container start, certificates, ready
     total_s: float
+
+
+class ProxyNotSelected(LookupError):
+    """A test asked for a proxy the run does not cover."""
 
 
 @dataclass
@@ -78,7 +87,18 @@ class ProxyLab:
     timings: list[RunTiming] = field(default_factory=list)
 
     def images_for(self, proxy: str) -> list[ProxyImage]:
-        return [image for image in self.images if image.proxy == proxy]
+        """Every version of the proxy this run covers.
+
+        A proxy PROXIES leaves out is an error, not an empty list: a test
+        that found no version to run would pass without running anything.
+        """
+        images = [image for image in self.images if image.proxy == proxy]
+        if not images:
+            raise ProxyNotSelected(
+                f"this run covers {', '.join(selected_proxies())} ({PROXIES_VARIABLE}), "
+                f"not {proxy}: a test that runs {proxy} needs @pytest.mark.proxies({proxy!r})"
+            )
+        return images
 
     def tag(self, image: ProxyImage) -> str:
         with self._lock:
@@ -200,6 +220,8 @@ class ProxyLab:
         """
         workdir = self.run_dir(image.key)
         proxy_kind = kind(image.proxy)
+        if image.proxy not in selected_proxies():
+            self.images_for(image.proxy)  # says which marker the test needs
         main_config = self._main_config(image, workdir, one_core, events, nginx_log_level)
         served = shown_as or relative(snippet)
         if main_config is not None:

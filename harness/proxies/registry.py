@@ -9,6 +9,7 @@ needs; `make images` runs it.
 
 from __future__ import annotations
 
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -41,13 +42,41 @@ def kind(name: str) -> ProxyKind:
         raise KeyError(f"no proxy is called {name!r}: known are {', '.join(KINDS)}") from None
 
 
+# Which proxies a run covers (comma-separated names; unset: all of them).
+# CI runs one job per proxy with it; `make test` alone runs everything.
+PROXIES_VARIABLE = "PROXIES"
+
+
+class UnknownProxy(ValueError):
+    pass
+
+
+def selected_proxies() -> tuple[str, ...]:
+    """The proxies PROXIES names, in KINDS' order; all of them when it is unset."""
+    value = os.environ.get(PROXIES_VARIABLE, "").strip()
+    if not value:
+        return tuple(KINDS)
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in KINDS]
+    if unknown or not names:
+        raise UnknownProxy(
+            f"{PROXIES_VARIABLE}={value}: no proxy is called {', '.join(unknown) or '(none)'}; "
+            f"known are {', '.join(KINDS)}"
+        )
+    return tuple(name for name in KINDS if name in names)
+
+
+def is_selected(proxy: str) -> bool:
+    return proxy in selected_proxies()
+
+
 def selected_images() -> tuple[ProxyImage, ...]:
-    """Every version of every proxy, as DORKOS_DOCS_IMAGES selects them."""
+    """Every version of every selected proxy, as DORKOS_DOCS_IMAGES selects them."""
     official = image_source() == "official"
     return tuple(
         image
-        for kind in KINDS.values()
-        for image in (kind.official_images if official else kind.local_images)
+        for name in selected_proxies()
+        for image in (KINDS[name].official_images if official else KINDS[name].local_images)
     )
 
 
@@ -67,7 +96,7 @@ def main() -> None:
 
     try:
         tags = ensure_all(docker_client())
-    except ImageUnavailable as error:
+    except (ImageUnavailable, UnknownProxy) as error:
         sys.exit(f"error: {error}")
     for key, tag in tags.items():
         print(f"{key}: {tag}")
