@@ -194,6 +194,8 @@ AS_FROM_A_TERMINAL = (
 )
 
 
+# It interrupts a run of the Caddyfile's example.
+@pytest.mark.proxies("caddy")
 @pytest.mark.slow
 def test_ctrl_c_leaves_no_container_behind(tmp_path: Path) -> None:
     """Ctrl-C in the middle of a run: its proxies go at once, and nothing is left."""
