@@ -55,6 +55,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
         items[:] = keep
     _deselect_proxies_not_selected(config, items)
+    # The tests that need no proxy first: they run while the lab's runs,
+    # started with the session, wait out their minutes of silence, instead
+    # of after them.
+    items[:] = sorted(items, key=_uses_the_lab)
     # Each snippet example runs real proxies, a minute of silence included.
     for item in items:
         if isinstance(item, SybilItem):
@@ -126,6 +130,17 @@ def _deselect_proxies_not_selected(config: pytest.Config, items: list[pytest.Ite
     keep = [i for i in items if not (proxies := _proxies_of(i)) or proxies & selected]
     config.hook.pytest_deselected(items=[i for i in items if i not in keep])
     items[:] = keep
+
+
+def _uses_the_lab(item: pytest.Item) -> bool:
+    return "proxy_lab" in getattr(item, "fixturenames", ())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _lab_opens_with_the_session(request: pytest.FixtureRequest) -> None:
+    """Open the lab (and start every run) at the first test, if any test needs it."""
+    if any(_uses_the_lab(item) for item in request.session.items):
+        request.getfixturevalue("proxy_lab")
 
 
 def _shows(item: SybilItem, snippet: str) -> bool:

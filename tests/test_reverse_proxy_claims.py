@@ -570,9 +570,12 @@ def measure_restart_without_max_fails_0(lab: ProxyLab) -> dict[str, str]:
 # keeps DorkOS marked down is timed from its last failed attempt, and under
 # that load the window ended within a second or two of DorkOS's return.
 @pytest.mark.proxies("nginx")
-def test_without_max_fails_0_nginx_answers_502_after_dorkos_is_back(proxy_lab: ProxyLab) -> None:
+@pytest.mark.measured_by(measure=measure_restart_without_max_fails_0)
+def test_without_max_fails_0_nginx_answers_502_after_dorkos_is_back(
+    measured: dict[str, str],
+) -> None:
     """Common issue: "502 Bad Gateway for a few seconds after DorkOS restarts"."""
-    for image, result in measure_restart_without_max_fails_0(proxy_lab).items():
+    for image, result in measured.items():
         assert "the proxy still answered 502" in result, f"{image}: {result}"
         assert "no live upstreams" in result, f"{image}: {result}"
 
