@@ -570,13 +570,19 @@ def measure_restart_without_max_fails_0(lab: ProxyLab) -> dict[str, str]:
 # keeps DorkOS marked down is timed from its last failed attempt, and under
 # that load the window ended within a second or two of DorkOS's return.
 @pytest.mark.proxies("nginx")
-@pytest.mark.measured_by(measure=measure_restart_without_max_fails_0)
-def test_without_max_fails_0_nginx_answers_502_after_dorkos_is_back(
-    measured: dict[str, str],
-) -> None:
-    """Common issue: "502 Bad Gateway for a few seconds after DorkOS restarts"."""
-    for image, result in measured.items():
-        assert "the proxy still answered 502" in result, f"{image}: {result}"
+def test_without_max_fails_0_nginx_answers_502_after_dorkos_is_back(proxy_lab: ProxyLab) -> None:
+    """Common issue: "502 Bad Gateway for a few seconds after DorkOS restarts".
+
+    Decided by nginx's own account: a request made once DorkOS was back got
+    502 because nginx still had it marked down ("no live upstreams"). How
+    long it stays marked is timed from nginx's last failed attempt, so how
+    much longer it answered 502 depends on the machine's load, and is
+    reported, not held to a bound.
+    """
+    for image, result in measure_restart_without_max_fails_0(proxy_lab).items():
+        assert "DorkOS was back, and the proxy answered the next request 502" in result, (
+            f"{image}: {result}"
+        )
         assert "no live upstreams" in result, f"{image}: {result}"
 
 
