@@ -55,10 +55,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
         items[:] = keep
     _deselect_proxies_not_selected(config, items)
-    # The tests that need no proxy first: they run while the lab's runs,
+    # The tests that need no engine first: they run while the lab's runs,
     # started with the session, wait out their minutes of silence, instead
-    # of after them.
-    items[:] = sorted(items, key=_uses_the_lab)
+    # of after them. Those that start containers of their own come after,
+    # with the lab's: started among the runs' start-ups, one took 100 s.
+    items[:] = sorted(items, key=_needs_the_engine)
     # Each snippet example runs real proxies, a minute of silence included.
     for item in items:
         if isinstance(item, SybilItem):
@@ -134,6 +135,10 @@ def _deselect_proxies_not_selected(config: pytest.Config, items: list[pytest.Ite
 
 def _uses_the_lab(item: pytest.Item) -> bool:
     return "proxy_lab" in getattr(item, "fixturenames", ())
+
+
+def _needs_the_engine(item: pytest.Item) -> bool:
+    return _uses_the_lab(item) or item.get_closest_marker("docker") is not None
 
 
 @pytest.fixture(scope="session", autouse=True)
