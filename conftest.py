@@ -57,8 +57,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     _deselect_proxies_not_selected(config, items)
     # The tests that need no engine first: they run while the lab's runs,
     # started with the session, wait out their minutes of silence, instead
-    # of after them. Those that start containers of their own come after,
-    # with the lab's: started among the runs' start-ups, one took 100 s.
+    # of after them (see _lab_opens_with_the_session). Those that start
+    # containers of their own come after, with the lab's.
     items[:] = sorted(items, key=_needs_the_engine)
     # Each snippet example runs real proxies, a minute of silence included.
     for item in items:
@@ -143,9 +143,12 @@ def _needs_the_engine(item: pytest.Item) -> bool:
 
 @pytest.fixture(scope="session", autouse=True)
 def _lab_opens_with_the_session(request: pytest.FixtureRequest) -> None:
-    """Open the lab (and start every run) at the first test, if any test needs it."""
+    """Open the lab (and start every run) at the first test, if any test
+    needs it; the tests that need no engine then wait for the runs'
+    start-ups, and run while the runs wait out their silence."""
     if any(_uses_the_lab(item) for item in request.session.items):
-        request.getfixturevalue("proxy_lab")
+        lab: ProxyLab = request.getfixturevalue("proxy_lab")
+        lab.wait_for_start_ups()
 
 
 def _shows(item: SybilItem, snippet: str) -> bool:

@@ -85,6 +85,9 @@ class ProxyLab:
     )
     _background: dict[Hashable, Future[Any]] = field(default_factory=dict)
     timings: list[RunTiming] = field(default_factory=list)
+    # Runs starting up, and background work waiting for a thread.
+    _starting: int = 0
+    _queued: int = 0
 
     def images_for(self, proxy: str) -> list[ProxyImage]:
         """Every version of the proxy this run covers.
@@ -120,7 +123,14 @@ class ProxyLab:
         """
         with self._lock:
             if key not in self._background:
-                self._background[key] = self._pool.submit(work)
+                self._queued += 1
+
+                def when_its_turn_comes() -> T:
+                    with self._lock:
+                        self._queued -= 1
+                    return work()
+
+                self._background[key] = self._pool.submit(when_its_turn_comes)
             return self._background[key]
 
     def close(self) -> None:
@@ -151,11 +161,38 @@ class ProxyLab:
         """Times a run; the caller calls the yielded function once it is up."""
         began = time.monotonic()
         ready_at: list[float] = []
+        self._count_starting(+1)
+
+        def up() -> None:
+            ready_at.append(time.monotonic())
+            self._count_starting(-1)
+
         try:
-            yield lambda: ready_at.append(time.monotonic())
+            yield up
         finally:
             if ready_at:
                 self.timings.append(RunTiming(label, ready_at[0] - began, time.monotonic() - began))
+            else:
+                self._count_starting(-1)
+
+    def _count_starting(self, change: int) -> None:
+        with self._lock:
+            self._starting += change
+
+    def wait_for_start_ups(self, limit_s: float = 300.0) -> None:
+        """Until no run is waiting for its turn or starting up, or `limit_s`.
+
+        Start-ups keep both cores busy; what runs then slows every run's.
+        Tests that need no engine wait here, and run while the runs wait out
+        their silence. Only the order of work depends on this, never a result.
+        """
+        deadline = time.monotonic() + limit_s
+        quiet_polls = 0
+        while quiet_polls < 3 and time.monotonic() < deadline:
+            with self._lock:
+                busy = self._starting > 0 or self._queued > 0
+            quiet_polls = 0 if busy else quiet_polls + 1
+            time.sleep(1.0)
 
     def _main_config(
         self,
