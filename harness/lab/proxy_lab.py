@@ -239,6 +239,7 @@ class ProxyLab:
         dorkos_on: tuple[str, ...] = DORKOS_LISTENS_ON,
         hosts: dict[str, str] | None = None,
         companion: bool = True,
+        check: bool = True,
     ) -> Iterator[RunningProxy]:
         """Serve one published snippet on port 443 of a private network.
 
@@ -253,7 +254,8 @@ class ProxyLab:
         Debian's error log, to see what it leaves out by default. `hosts`
         are names the proxy resolves, as a Compose service's name. Without
         `companion`, the proxy's published companion file (Apache's worker
-        settings) is left out, to show what it is for.
+        settings) is left out, to show what it is for. Without `check`, the
+        proxy's own config check is not run first (see launch.serving).
         """
         workdir = self.run_dir(image.key)
         proxy_kind = kind(image.proxy)
@@ -299,6 +301,7 @@ class ProxyLab:
                         main_config,
                         served,
                         port,
+                        check,
                     )
                 )
             except ContainerFailed as error:

@@ -97,14 +97,20 @@ def serving(
     ports: list[int],
     network: PrivateNetwork | None,
     main_config: Path | None = None,
+    check: bool = True,
 ) -> Iterator[Container]:
     """Check config files with the proxy's own validator, then serve them.
+
+    Without `check`, they are served at once: for a changed copy of a
+    published config that its check has already passed (a measured
+    variant), where a rejection still fails the start, with the proxy's
+    log, and the check's container would only add to the machine's load.
 
     Yields once every port in `ports` completes a verified TLS handshake
     (inside `network`; None is the machine's own network).
     """
     launch = kind(image.proxy).launch(configs, ca, workdir, main_config)
-    if launch.check_command is not None:
+    if check and launch.check_command is not None:
         code, output = run_to_completion(
             client, tag, launch.check_command, launch.mounts, role=f"{image.key}-check"
         )
@@ -148,10 +154,11 @@ def run_proxy(
     main_config: Path | None = None,
     label: str | None = None,
     port: int = HTTPS_PORT,
+    check: bool = True,
 ) -> Iterator[RunningProxy]:
     """Serve one snippet, byte for byte, on `port` (443) of `network`."""
     with serving(
-        client, image, tag, [snippet], ca, workdir, [port], network, main_config
+        client, image, tag, [snippet], ca, workdir, [port], network, main_config, check
     ) as container:
         target = https_target(ca, port)
         yield RunningProxy(image, label or relative(snippet), container, target, network)
