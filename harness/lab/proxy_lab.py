@@ -95,13 +95,16 @@ class ProxyLab:
         A proxy PROXIES leaves out is an error, not an empty list: a test
         that found no version to run would pass without running anything.
         """
-        images = [image for image in self.images if image.proxy == proxy]
-        if not images:
+        self._require_selected(proxy)
+        return [image for image in self.images if image.proxy == proxy]
+
+    @staticmethod
+    def _require_selected(proxy: str) -> None:
+        if proxy not in selected_proxies():
             raise ProxyNotSelected(
                 f"this run covers {', '.join(selected_proxies())} ({PROXIES_VARIABLE}), "
                 f"not {proxy}: a test that runs {proxy} needs @pytest.mark.proxies({proxy!r})"
             )
-        return images
 
     def tag(self, image: ProxyImage) -> str:
         with self._lock:
@@ -259,8 +262,7 @@ class ProxyLab:
         """
         workdir = self.run_dir(image.key)
         proxy_kind = kind(image.proxy)
-        if image.proxy not in selected_proxies():
-            self.images_for(image.proxy)  # says which marker the test needs
+        self._require_selected(image.proxy)
         main_config = self._main_config(image, workdir, one_core, events, nginx_log_level)
         served = shown_as or relative(snippet)
         if main_config is not None:

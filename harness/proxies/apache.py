@@ -53,7 +53,7 @@ LOCAL_IMAGES: tuple[ProxyImage, ...] = tuple(
     DebianImage(
         f"apache-debian{release}",
         "apache",
-        f"Apache httpd {version} (Debian {release} package)",
+        f"Apache httpd 2.4 (Debian {release} package)",
         suite=suite,
         packages=("apache2",),
         finish=FINISH,
@@ -61,7 +61,7 @@ LOCAL_IMAGES: tuple[ProxyImage, ...] = tuple(
         # Debian's apache2.service sets no LimitNOFILE; apache2ctl raises it.
         service_open_files=SYSTEMD_DEFAULT_NOFILE,
     )
-    for release, version, suite in (("12", "2.4", "bookworm"), ("13", "2.4", "trixie"))
+    for release, suite in (("12", "bookworm"), ("13", "trixie"))
 )
 # The official httpd image has none of Debian's layout (sites-available,
 # a2ensite, apache2ctl) that the page's steps use, so Debian's packages are
