@@ -9,7 +9,8 @@ published site do, then:
   all: Python-Markdown would turn them into spaces without SuperFences'
   `preserve_tabs`);
 - open every page in Debian's Chromium, headless: no console errors, every
-  internal link and anchor resolves, every tab of every tab set shows its
+  internal link and anchor resolves, no table in any tab needs scrolling
+  sideways at 1280 px or on a phone, every tab of every tab set shows its
   own content, each snippet's copy button puts exactly the snippet's bytes
   on the clipboard (Material's own trims the final newline, which a
   Caddyfile needs; docs/javascripts/exact-copy.js puts it back), and the
@@ -27,9 +28,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urldefrag, urljoin, urlsplit
 
 import pytest
@@ -37,6 +40,9 @@ import pytest
 from harness.clients.browser import launch, require_chromium
 from harness.lab.snippet_examples import SnippetInclude, docs_sybil
 from harness.proxies.kind import REPO_ROOT
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 MKDOCS = Path(sys.executable).parent / "mkdocs"
 PAGES = sorted((REPO_ROOT / "docs").rglob("*.md"))
@@ -117,30 +123,6 @@ def test_every_page_shows_snippets_somewhere() -> None:
     assert len(shown_snippets()) == 11  # as tests/test_pages.py counts them
 
 
-def test_tab_sets_follow_the_readers_choice(
-    chromium: object, served: str, built_site: Path
-) -> None:
-    """Pick nginx once, and every tab set on the page shows nginx."""
-    page = REPO_ROOT / "docs" / "reverse-proxy.md"
-    url = page_url(served, built_site, page)
-    with opened(chromium, url) as (browser_page, errors):
-        shown = browser_page.evaluate(  # type: ignore[attr-defined]
-            """() => {
-                 const sets = [...document.querySelectorAll('.tabbed-set')];
-                 const labels = set => [...set.querySelectorAll(
-                   ':scope > .tabbed-labels > label')];
-                 labels(sets[0]).find(l => l.textContent.trim() === 'nginx').click();
-                 return sets.map(set => {
-                   const inputs = [...set.querySelectorAll(':scope > input')];
-                   const i = inputs.findIndex(input => input.checked);
-                   return labels(set)[i].textContent.trim();
-                 });
-               }"""
-        )
-    assert errors == []
-    assert len(shown) >= 2 and shown == ["nginx"] * len(shown), shown
-
-
 @pytest.mark.parametrize(
     ("page", "title", "include"),
     shown_snippets(),
@@ -193,12 +175,36 @@ def chromium() -> Iterator[object]:
             browser.close()
 
 
+# A reader's laptop: Material's three columns, the text's about 690 px wide.
+DESKTOP_WIDTH = 1280
+# A raw exception on a page, as a measurement's failure might publish one.
+_EXCEPTION = re.compile(r"\b\w+(Error|Exception): |Traceback \(most recent call last\)")
+
+
+PHONE_WIDTH = 390
+# Most of a phone's screen (844 px tall at this width): a row taller than
+# this can't be read without losing its first column from view.
+TALLEST_ROW_ON_A_PHONE = 600
+
+
+@dataclass
+class Visit:
+    """A page open in Chromium, and every console error it has shown so far."""
+
+    page: Page
+    errors: list[str]
+
+
 @contextlib.contextmanager
-def opened(chromium: object, url: str) -> Iterator[tuple[object, list[str]]]:
+def opened(
+    chromium: object, url: str, width: int = DESKTOP_WIDTH, height: int = 900
+) -> Iterator[Visit]:
+    """`url` in a fresh browser context, `width` px wide, once it has loaded
+    everything it asks for (the search index included)."""
     from playwright.sync_api import Browser
 
     assert isinstance(chromium, Browser)
-    context = chromium.new_context()
+    context = chromium.new_context(viewport={"width": width, "height": height})
     context.grant_permissions(["clipboard-read", "clipboard-write"])
     page = context.new_page()
     errors: list[str] = []
@@ -206,21 +212,79 @@ def opened(chromium: object, url: str) -> Iterator[tuple[object, list[str]]]:
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url, wait_until="networkidle")
     try:
-        yield page, errors
+        yield Visit(page, errors)
     finally:
         context.close()
 
 
+@pytest.fixture(scope="module")
+def visit(chromium: object) -> Iterator[Callable[[str, int], Visit]]:
+    """One visit per page and screen width, shared by the tests that look at it.
+
+    A page load (Material's search index is built on each) is most of a
+    browser test's time; the tests that read a page, or click its tabs and
+    copy buttons, each set up what they look at and so share one visit. Its
+    errors are every error the page has shown since it loaded.
+    """
+    visits: dict[tuple[str, int], Visit] = {}
+    with contextlib.ExitStack() as stack:
+
+        def open_once(url: str, width: int) -> Visit:
+            if (url, width) not in visits:
+                height = 844 if width == PHONE_WIDTH else 900
+                visits[url, width] = stack.enter_context(opened(chromium, url, width, height))
+            return visits[url, width]
+
+        yield open_once
+
+
+# Measures every table (and row) as the reader can see it: Material hides all
+# but the chosen tab of a tab set, and a hidden table has no size, so each
+# tab is shown in turn. Returns the text column's width, each table's width
+# (what it holds, scrolled or not) and first row, each row's height, and the
+# text shown, tab by tab.
+MEASURE_EVERY_TAB = """() => {
+  const article = document.querySelector('article');
+  const text = (e) => e.innerText.replace(/\\s+/g, ' ').trim().slice(0, 60);
+  const tables = new Map(), rows = new Map(), shown = [article.innerText];
+  const measure = (tab) => {
+    for (const t of article.querySelectorAll('table')) {
+      // Material lets a table scroll sideways within the column: its box
+      // fits, and what it holds is as wide as its scrollWidth.
+      const shownWidth = t.getBoundingClientRect().width;
+      if (shownWidth > 0 && !tables.has(t)) {
+        const width = Math.max(shownWidth, t.scrollWidth);
+        tables.set(t, [Math.round(width), tab, text(t.rows[0] ?? t)]);
+      }
+    }
+    for (const r of article.querySelectorAll('tr')) {
+      const height = r.getBoundingClientRect().height;
+      if (height > 0 && !rows.has(r)) rows.set(r, [Math.round(height), tab, text(r)]);
+    }
+  };
+  measure('');
+  for (const set of article.querySelectorAll('.tabbed-set')) {
+    for (const label of set.querySelectorAll(':scope > .tabbed-labels > label')) {
+      label.click();
+      measure(label.textContent.trim());
+      shown.push(set.querySelector(':scope > .tabbed-content').innerText);
+    }
+  }
+  return [article.clientWidth, [...tables.values()], [...rows.values()], shown.join('\\n')];
+}"""
+
+
+def _where(tab: str) -> str:
+    return f" (tab {tab})" if tab else ""
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_page_has_no_console_errors_and_its_links_resolve(
-    chromium: object, served: str, built_site: Path, page: Path
+    visit: Callable[[str, int], Visit], served: str, built_site: Path, page: Path
 ) -> None:
-    url = page_url(served, built_site, page)
-    with opened(chromium, url) as (browser_page, errors):
-        links = browser_page.eval_on_selector_all(  # type: ignore[attr-defined]
-            "a[href]", "links => links.map(a => a.href)"
-        )
-    assert errors == [], f"{page.name}: console errors {errors}"
+    shown = visit(page_url(served, built_site, page), DESKTOP_WIDTH)
+    links = shown.page.eval_on_selector_all("a[href]", "links => links.map(a => a.href)")
+    assert shown.errors == [], f"{page.name}: console errors {shown.errors}"
     broken = []
     for link in links:
         target, anchor = urldefrag(link)
@@ -235,100 +299,97 @@ def test_page_has_no_console_errors_and_its_links_resolve(
     assert broken == [], f"{page.name}: links that go nowhere: {sorted(set(broken))}"
 
 
-# A reader's laptop: Material's three columns, the text's about 690 px wide.
-DESKTOP_WIDTH = 1280
-# A raw exception on a page, as a measurement's failure might publish one.
-_EXCEPTION = re.compile(r"\b\w+(Error|Exception): |Traceback \(most recent call last\)")
-
-
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_page_fits_the_screen_and_shows_no_exception(
-    chromium: object, served: str, built_site: Path, page: Path
+    visit: Callable[[str, int], Visit], served: str, built_site: Path, page: Path
 ) -> None:
-    """At 1280 px no table is wider than the text column, and no page shows a raw exception."""
-    url = page_url(served, built_site, page)
-    with opened(chromium, url) as (browser_page, _):
-        browser_page.set_viewport_size({"width": DESKTOP_WIDTH, "height": 900})  # type: ignore[attr-defined]
-        column, tables, text = browser_page.evaluate(  # type: ignore[attr-defined]
-            """() => {
-              const article = document.querySelector('article');
-              const tables = [...article.querySelectorAll('table')].map((t) => [
-                Math.round(t.getBoundingClientRect().width),
-                (t.rows[0]?.innerText ?? '').replace(/\\s+/g, ' ').trim().slice(0, 60),
-              ]);
-              return [article.clientWidth, tables, article.innerText];
-            }"""
-        )
-    wide = [f"{width} px: {head!r}" for width, head in tables if width > column]
+    """At 1280 px no table, in any tab, is wider than the text column, and no
+    tab of the page shows a raw exception."""
+    shown = visit(page_url(served, built_site, page), DESKTOP_WIDTH)
+    column, tables, _, text = shown.page.evaluate(MEASURE_EVERY_TAB)
+    wide = [f"{width} px{_where(tab)}: {head!r}" for width, tab, head in tables if width > column]
     assert not wide, (
         f"{page.name}: tables wider than the {column} px column at {DESKTOP_WIDTH} px: {wide}"
     )
-    shown = _EXCEPTION.search(text)
-    assert shown is None, (
-        f"{page.name} shows an exception: {text[shown.start() : shown.start() + 120]!r}"
+    found = _EXCEPTION.search(text)
+    assert found is None, (
+        f"{page.name} shows an exception: {text[found.start() : found.start() + 120]!r}"
     )
-
-
-PHONE_WIDTH = 390
-# Most of a phone's screen (844 px tall at this width): a row taller than
-# this can't be read without losing its first column from view.
-TALLEST_ROW_ON_A_PHONE = 600
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
-def test_tables_fit_a_phone(chromium: object, served: str, built_site: Path, page: Path) -> None:
-    """At 390 px no table is wider than the text column, and no row is a screen tall."""
-    with opened(chromium, page_url(served, built_site, page)) as (browser_page, errors):
-        browser_page.set_viewport_size({"width": PHONE_WIDTH, "height": 844})  # type: ignore[attr-defined]
-        column, tables, rows = browser_page.evaluate(  # type: ignore[attr-defined]
-            """() => {
-              const article = document.querySelector('article');
-              const text = (e) => e.innerText.replace(/\\s+/g, ' ').trim().slice(0, 60);
-              return [
-                article.clientWidth,
-                [...article.querySelectorAll('table')].map((t) => [
-                  Math.round(t.getBoundingClientRect().width), text(t.rows[0] ?? t)]),
-                [...article.querySelectorAll('tr')].map((r) => [
-                  Math.round(r.getBoundingClientRect().height), text(r)]),
-              ];
-            }"""
-        )
-    assert errors == []
-    wide = [f"{width} px: {head!r}" for width, head in tables if width > column]
+def test_tables_fit_a_phone(
+    visit: Callable[[str, int], Visit], served: str, built_site: Path, page: Path
+) -> None:
+    """Opened at 390 px, no table in any tab is wider than the text column,
+    and no row is a screen tall."""
+    shown = visit(page_url(served, built_site, page), PHONE_WIDTH)
+    column, tables, rows, _ = shown.page.evaluate(MEASURE_EVERY_TAB)
+    assert shown.errors == []
+    wide = [f"{width} px{_where(tab)}: {head!r}" for width, tab, head in tables if width > column]
     assert not wide, (
         f"{page.name}: tables wider than the {column} px column at {PHONE_WIDTH} px: {wide}"
     )
-    tall = [f"{height} px: {text!r}" for height, text in rows if height > TALLEST_ROW_ON_A_PHONE]
+    tall = [
+        f"{height} px{_where(tab)}: {text!r}"
+        for height, tab, text in rows
+        if height > TALLEST_ROW_ON_A_PHONE
+    ]
     assert not tall, (
         f"{page.name} at {PHONE_WIDTH} px: table rows taller than {TALLEST_ROW_ON_A_PHONE} px: "
         f"{tall}"
     )
 
 
-def test_every_tab_shows_its_own_content(chromium: object, served: str, built_site: Path) -> None:
-    page = REPO_ROOT / "docs" / "reverse-proxy.md"
-    url = page_url(served, built_site, page)
-    with opened(chromium, url) as (browser_page, errors):
-        results = browser_page.evaluate(  # type: ignore[attr-defined]
-            """() => [...document.querySelectorAll('.tabbed-set')].map(set => {
-                 const labels = [...set.querySelectorAll(':scope > .tabbed-labels > label')];
-                 const blocks = [
-                   ...set.querySelectorAll(':scope > .tabbed-content > .tabbed-block')];
-                 return labels.map((label, i) => {
-                   label.click();
-                   return {label: label.textContent.trim(),
-                           shown: blocks.map(b => b.offsetParent !== null).join(',')};
-                 });
-               })"""
-        )
-    assert errors == []
+REVERSE_PROXY = REPO_ROOT / "docs" / "reverse-proxy.md"
+
+
+def test_every_tab_shows_its_own_content(
+    visit: Callable[[str, int], Visit], served: str, built_site: Path
+) -> None:
+    shown = visit(page_url(served, built_site, REVERSE_PROXY), DESKTOP_WIDTH)
+    results = shown.page.evaluate(
+        """() => [...document.querySelectorAll('.tabbed-set')].map(set => {
+             const labels = [...set.querySelectorAll(':scope > .tabbed-labels > label')];
+             const blocks = [
+               ...set.querySelectorAll(':scope > .tabbed-content > .tabbed-block')];
+             return labels.map((label, i) => {
+               label.click();
+               return {label: label.textContent.trim(),
+                       shown: blocks.map(b => b.offsetParent !== null).join(',')};
+             });
+           })"""
+    )
+    assert shown.errors == []
     assert len(results) >= 2, f"expected the page's tab sets, found {len(results)}"
     for tab_set in results:
         for index, tab in enumerate(tab_set):
-            shown = tab["shown"].split(",")
-            assert shown.count("true") == 1 and shown[index] == "true", (
-                f"clicking {tab['label']!r} showed blocks {shown}"
+            blocks = tab["shown"].split(",")
+            assert blocks.count("true") == 1 and blocks[index] == "true", (
+                f"clicking {tab['label']!r} showed blocks {blocks}"
             )
+
+
+def test_tab_sets_follow_the_readers_choice(
+    visit: Callable[[str, int], Visit], served: str, built_site: Path
+) -> None:
+    """Pick nginx once, and every tab set on the page shows nginx."""
+    shown = visit(page_url(served, built_site, REVERSE_PROXY), DESKTOP_WIDTH)
+    chosen = shown.page.evaluate(
+        """() => {
+             const sets = [...document.querySelectorAll('.tabbed-set')];
+             const labels = set => [...set.querySelectorAll(
+               ':scope > .tabbed-labels > label')];
+             labels(sets[0]).find(l => l.textContent.trim() === 'nginx').click();
+             return sets.map(set => {
+               const inputs = [...set.querySelectorAll(':scope > input')];
+               const i = inputs.findIndex(input => input.checked);
+               return labels(set)[i].textContent.trim();
+             });
+           }"""
+    )
+    assert shown.errors == []
+    assert len(chosen) >= 2 and chosen == ["nginx"] * len(chosen), chosen
 
 
 @pytest.mark.parametrize(
@@ -337,34 +398,38 @@ def test_every_tab_shows_its_own_content(chromium: object, served: str, built_si
     ids=[f"{i.snippet_name}" for _, _, i in shown_snippets()],
 )
 def test_copy_button_copies_the_snippet(
-    chromium: object, served: str, built_site: Path, page: Path, title: str, include: SnippetInclude
+    visit: Callable[[str, int], Visit],
+    served: str,
+    built_site: Path,
+    page: Path,
+    title: str,
+    include: SnippetInclude,
 ) -> None:
-    url = page_url(served, built_site, page)
-    with opened(chromium, url) as (browser_page, errors):
-        # Tabs hide what they don't show: show the block's tab first.
-        code_id = browser_page.evaluate(  # type: ignore[attr-defined]
-            """(title) => {
-                 const name = [...document.querySelectorAll('span.filename')]
-                   .find(span => span.textContent === title);
-                 for (let el = name; el; el = el.parentElement) {
-                   if (el.classList && el.classList.contains('tabbed-block')) {
-                     const set = el.closest('.tabbed-set');
-                     const index = [...el.parentElement.children].indexOf(el);
-                     set.querySelectorAll(':scope > .tabbed-labels > label')[index].click();
-                   }
-                 }
-                 return name.closest('.highlight').querySelector('pre').id;
-               }""",
-            title,
-        )
-        browser_page.evaluate("navigator.clipboard.writeText('')")  # type: ignore[attr-defined]
-        # A real click, as a reader's: browsers copy only on a user's gesture.
-        browser_page.click(f"pre#{code_id} button[data-md-type='copy']")  # type: ignore[attr-defined]
-        browser_page.wait_for_function(  # type: ignore[attr-defined]
-            "async () => (await navigator.clipboard.readText()) !== ''", timeout=10_000
-        )
-        copied = browser_page.evaluate("navigator.clipboard.readText()")  # type: ignore[attr-defined]
-    assert errors == []
+    shown = visit(page_url(served, built_site, page), DESKTOP_WIDTH)
+    # Tabs hide what they don't show: show the block's tab first.
+    code_id = shown.page.evaluate(
+        """(title) => {
+             const name = [...document.querySelectorAll('span.filename')]
+               .find(span => span.textContent === title);
+             for (let el = name; el; el = el.parentElement) {
+               if (el.classList && el.classList.contains('tabbed-block')) {
+                 const set = el.closest('.tabbed-set');
+                 const index = [...el.parentElement.children].indexOf(el);
+                 set.querySelectorAll(':scope > .tabbed-labels > label')[index].click();
+               }
+             }
+             return name.closest('.highlight').querySelector('pre').id;
+           }""",
+        title,
+    )
+    shown.page.evaluate("navigator.clipboard.writeText('')")
+    # A real click, as a reader's: browsers copy only on a user's gesture.
+    shown.page.click(f"pre#{code_id} button[data-md-type='copy']")
+    shown.page.wait_for_function(
+        "async () => (await navigator.clipboard.readText()) !== ''", timeout=10_000
+    )
+    copied = shown.page.evaluate("navigator.clipboard.readText()")
+    assert shown.errors == []
     assert copied == include.snippet.read_text(), (
         f"{page.name}: the copy button of {title!r} copied {copied!r}, not {include.snippet_name}"
     )
@@ -382,16 +447,15 @@ SYMPTOMS = {
 
 @pytest.mark.parametrize("query", list(SYMPTOMS))
 def test_search_finds_the_common_issue_first(chromium: object, served: str, query: str) -> None:
-    with opened(chromium, served) as (browser_page, errors):
-        browser_page.click("input.md-search__input")  # type: ignore[attr-defined]
-        browser_page.keyboard.type(query)  # type: ignore[attr-defined]
-        browser_page.wait_for_selector(  # type: ignore[attr-defined]
-            ".md-search-result__item a", state="attached", timeout=30_000
-        )
-        found = browser_page.eval_on_selector_all(  # type: ignore[attr-defined]
+    # A visit of its own: what the search box shows depends on what was typed.
+    with opened(chromium, served) as shown:
+        shown.page.click("input.md-search__input")
+        shown.page.keyboard.type(query)
+        shown.page.wait_for_selector(".md-search-result__item a", state="attached", timeout=30_000)
+        found = shown.page.eval_on_selector_all(
             ".md-search-result__item a", "links => links.map(a => a.href)"
         )
-    assert errors == []
+    assert shown.errors == []
     # Material lists a page, then its sections; the first section is what
     # the reader's eye lands on.
     assert found[0].endswith("/reverse-proxy/"), f"searching {query!r}: first page {found[0]}"
