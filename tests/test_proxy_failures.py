@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import docker.errors
 import pytest
@@ -167,21 +169,50 @@ def test_port_already_taken_in_a_runs_network_is_named(lab: ProxyLab) -> None:
     assert "Address already in use" in message
 
 
+class _EmptyMirror(http.server.BaseHTTPRequestHandler):
+    """A Debian mirror on loopback that has nothing: every file is a 404."""
+
+    asked: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.asked.append(self.path)
+        self.send_error(404)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 def test_an_image_build_that_fails_leaves_nothing_half_built(lab: ProxyLab) -> None:
-    broken = DebianImage(
-        "broken-build",
-        "nginx",
-        "an image whose package does not exist",
-        suite="bookworm",
-        packages=("dorkos-docs-no-such-package",),
-    )
-    for attempt in (1, 2):  # the second run tries afresh: no failure is remembered
-        with pytest.raises(ImageUnavailable, match="dorkos-docs-no-such-package"):
-            broken.ensure(lab.client)
-        with pytest.raises(docker.errors.ImageNotFound):
-            lab.client.images.get(broken.tag())
-        leftovers = list(build_dir().glob("broken-build-*"))
-        assert leftovers == [], f"attempt {attempt} left {leftovers}"
+    # The build fails where a real one would (mmdebstrap, once apt finds no
+    # Release file), against a mirror of the test's own on loopback.
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EmptyMirror) as mirror:
+        threading.Thread(target=mirror.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{mirror.server_address[1]}/debian"
+            broken = DebianImage(
+                "broken-build",
+                "nginx",
+                "an image from a mirror that has nothing",
+                suite="bookworm",
+                packages=("nginx",),
+                mirror=url,
+            )
+            for attempt in (1, 2):  # the second run tries afresh: no failure is remembered
+                _EmptyMirror.asked.clear()
+                with pytest.raises(ImageUnavailable, match="does not have a Release file"):
+                    broken.ensure(lab.client)
+                assert "/debian/dists/bookworm/Release" in _EmptyMirror.asked, (
+                    f"attempt {attempt} asked the mirror for {_EmptyMirror.asked}"
+                )
+                with pytest.raises(docker.errors.ImageNotFound):
+                    lab.client.images.get(broken.tag())
+                leftovers = [
+                    *build_dir().glob("broken-build-*"),
+                    *build_dir().glob("debian-bases-*/bookworm-*"),
+                ]
+                assert leftovers == [], f"attempt {attempt} left {leftovers}"
+        finally:
+            mirror.shutdown()
 
 
 # A run started from a terminal finds SIGINT at its default; one started in

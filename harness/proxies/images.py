@@ -131,9 +131,11 @@ class _DebianBases:
         self._roots: dict[str, Path] = {}
         self._work: tempfile.TemporaryDirectory[str] | None = None
 
-    def root(self, suite: str) -> Path:
+    def root(self, suite: str, mirror: str = "") -> Path:
+        mirror = mirror or DEBIAN_MIRROR
+        name = suite if mirror == DEBIAN_MIRROR else f"{suite}-from-another-mirror"
         with self._guard:
-            lock = self._locks.setdefault(suite, threading.Lock())
+            lock = self._locks.setdefault(name, threading.Lock())
             if self._work is None:
                 # A build killed outright leaves its bases; they go once it is gone.
                 for stale in build_dir().glob("debian-bases-*"):
@@ -145,20 +147,21 @@ class _DebianBases:
                 atexit.register(self._work.cleanup)
             work = Path(self._work.name)
         with lock:  # the first image of a suite builds its base; the others wait for it
-            if suite not in self._roots:
+            if name not in self._roots:
                 started = time.time()
-                root = work / suite
+                root = work / name
                 try:
                     _run_logged(
-                        [*MMDEBSTRAP, suite, str(root), DEBIAN_MIRROR],
+                        [*MMDEBSTRAP, suite, str(root), mirror],
                         what=f"debian-{suite}: mmdebstrap",
                     )
                 except ImageUnavailable:
+                    # mmdebstrap leaves what it had unpacked.
                     shutil.rmtree(root, ignore_errors=True)
                     raise
                 _note_setup_time(f"Debian {suite} base", started)
-                self._roots[suite] = root
-            return self._roots[suite]
+                self._roots[name] = root
+            return self._roots[name]
 
 
 # Minimal (apt and what it needs), as root, package lists kept. The hook
@@ -192,6 +195,8 @@ class DebianImage(ProxyImage):
     # The (soft, hard) open-files limit Debian's unit for the proxy leaves
     # it: systemd's default where the unit sets none (None: Docker's).
     service_open_files: tuple[int, int] | None = None
+    # Where the packages come from; another only to test a failing build.
+    mirror: str = DEBIAN_MIRROR
 
     @property
     def open_files_limit(self) -> tuple[int, int] | None:
@@ -204,7 +209,7 @@ class DebianImage(ProxyImage):
 
     def recipe(self) -> dict[str, object]:
         return {
-            "base": " ".join((*MMDEBSTRAP, self.suite, DEBIAN_MIRROR)),
+            "base": " ".join((*MMDEBSTRAP, self.suite, self.mirror)),
             "install": "apt-get install --no-install-recommends",
             "suite": self.suite,
             "packages": self.packages,
@@ -219,7 +224,7 @@ class DebianImage(ProxyImage):
                 f"'apt-get install mmdebstrap' (make test does it as root on Debian), "
                 f"or set {IMAGE_SOURCE_VARIABLE}=official to pull official images."
             )
-        base = _BASES.root(self.suite)
+        base = _BASES.root(self.suite, self.mirror)
         with tempfile.TemporaryDirectory(prefix=f"{self.key}-", dir=build_dir()) as work:
             root = Path(work) / "root"
             _run_logged(["cp", "-a", str(base), str(root)], what=f"{self.key}: copy base")
