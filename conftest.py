@@ -76,16 +76,26 @@ def proxy_lab(
         OPEN_LABS.append(lab)
         try:
             # Start every run the collected tests will wait for, so that their
-            # minutes of silence overlap instead of adding up.
+            # minutes of silence overlap instead of adding up. More work is
+            # started than there are threads for, so the longest goes first:
+            # the tests' measures (a minute and a quarter of quiet streams
+            # after a browser's turn, two minutes of the readers' command),
+            # the examples' contracts and each version's measurement of its
+            # lines (a minute of silence after their start-ups), and last
+            # the examples' disruptions (no silence), which start as the
+            # first runs end.
             items = request.session.items
-            for item in items:
-                if isinstance(item, SybilItem):
-                    flows.start_runs(lab, item.example.parsed)
-            if any("necessity_measured" in getattr(item, "fixturenames", ()) for item in items):
-                necessity.start(lab)
-            for item in items:
-                for marker in item.iter_markers("measured_by"):
-                    _start_measure(lab, marker.kwargs["measure"])
+            examples = [item.example.parsed for item in items if isinstance(item, SybilItem)]
+            with lab.queued_together():
+                for item in items:
+                    for marker in item.iter_markers("measured_by"):
+                        _start_measure(lab, marker.kwargs["measure"])
+                for example in examples:
+                    flows.start_runs(lab, example)
+                if any("necessity_measured" in getattr(i, "fixturenames", ()) for i in items):
+                    necessity.start(lab)
+                for example in examples:
+                    flows.start_disruptions(lab, example)
         except KeyboardInterrupt:
             # Ctrl-C while runs are starting comes before pytest's hook, and
             # leaving the lab would wait out every run already started.

@@ -92,7 +92,7 @@ class Check:
     name: str
     question: str  # what the table's first column says
     run: Callable[[Endpoint], str]
-    slow: bool = False  # waits out heartbeats: runs beside the others
+    slow: bool = False  # waits (out heartbeats, or for its turn): runs beside the others
 
 
 @dataclass(frozen=True)
@@ -213,6 +213,7 @@ CHECKS: tuple[Check, ...] = (
         "in-chromium",
         "In Chromium: the app starts, a message gets its reply",
         lambda endpoint: browser.check_app_replies(endpoint, REPLY_TEXT),
+        slow=True,  # waits its turn for Chromium, which runs two at a time
     ),
     Check("check-it-works", "The page's two `curl` checks", check_it_works.check, slow=True),
     Check(

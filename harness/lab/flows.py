@@ -92,20 +92,34 @@ def start_runs(lab: ProxyLab, include: SnippetInclude) -> list[Future[RunOutcome
 
     Each image gets two runs side by side: the contract, with DorkOS where
     it listens by default; and the disruptions, with a DorkOS of the run's
-    own (it gets stopped) on the other loopback address.
+    own (it gets stopped) on the other loopback address. The contract's
+    come first: they take twice as long (see start_disruptions).
     """
     if proxy_for(include.snippet) is None:
         return []  # not a proxy's config: checked on its own
-    runs = run_snippet(include)
-    for image in images_for(lab, include):
-        lab.in_background(
-            ("disruptions", runs, image.key),
-            functools.partial(run_disruptions, lab, include, image),
-        )
     return [
         lab.in_background(
-            ("example", runs, image.key),
+            ("example", run_snippet(include), image.key),
             functools.partial(run_example, lab, include, image),
+        )
+        for image in images_for(lab, include)
+    ]
+
+
+def start_disruptions(
+    lab: ProxyLab, include: SnippetInclude
+) -> list[Future[dict[str, str | BaseException]]]:
+    """The example's disruption runs, in the background (once per run).
+
+    They wait out no silence, so they can start after the longer runs;
+    each contract run asks for its own if none has started yet.
+    """
+    if proxy_for(include.snippet) is None:
+        return []
+    return [
+        lab.in_background(
+            ("disruptions", run_snippet(include), image.key),
+            functools.partial(run_disruptions, lab, include, image),
         )
         for image in images_for(lab, include)
     ]
