@@ -187,22 +187,38 @@ def test_caddy_path_ends_in_the_published_file_and_passes_the_contract(
 @pytest.mark.docker
 def test_debians_caddy_warns_of_zerossl_as_the_page_says(proxy_lab: ProxyLab) -> None:
     """The page tells Debian 12 readers to expect this warning when Caddy starts."""
-    from harness.lab.containers import Mount, run_to_completion
+    from harness.lab.containers import Mount, running_container
+    from harness.lab.netns import private_network
 
     (image,) = [i for i in LOCAL_IMAGES if i.key == "caddy-debian12"]
     caddyfile = REPO_ROOT / RECOMMENDED_SNIPPETS["caddy"]
-    # As caddy.service starts it; no network, so it gets no certificate and
-    # is stopped after a few seconds of trying.
-    command = ["timeout", "5", "caddy", "run", "--environ", "--config", "/etc/caddy/Caddyfile"]
-    _, log = run_to_completion(
-        proxy_lab.client,
-        proxy_lab.tag(image),
-        command,
-        [Mount(str(caddyfile), "/etc/caddy/Caddyfile")],
-        role="caddy-zerossl-warning",
-    )
     warning = "missing email address for ZeroSSL"
-    assert warning in log, f"Caddy on {image.description} did not log {warning!r}:\n{log[-2000:]}"
+    logged: list[str] = []
+
+    def warned() -> None:
+        assert network.owner is not None
+        logged[:] = [bytes(network.owner.logs()).decode(errors="replace")]
+        if warning not in logged[0]:
+            raise AssertionError(f"not logged yet: {warning!r}")
+
+    # As caddy.service starts it, in a network of its own with nothing to
+    # reach: it warns as it starts, before it tries for a certificate.
+    with (
+        private_network("the network of Caddy's ZeroSSL warning") as network,
+        running_container(
+            proxy_lab.client,
+            proxy_lab.tag(image),
+            ["caddy", "run", "--environ", "--config", "/etc/caddy/Caddyfile"],
+            [Mount(str(caddyfile), "/etc/caddy/Caddyfile")],
+            role="caddy-zerossl-warning",
+            network=network,
+            ready=warned,
+            waiting_for=f"Caddy on {image.description} to log {warning!r}",
+            deadline=60.0,
+        ),
+    ):
+        pass
+    assert warning in logged[0]
     assert f"`{warning}`" in " ".join(PAGE.read_text().split())
 
 

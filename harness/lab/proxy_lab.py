@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
@@ -194,17 +195,21 @@ class ProxyLab:
             self._starting += change
 
     def wait_for_start_ups(self, limit_s: float = 300.0) -> None:
-        """Until no run is waiting for its turn or starting up, or `limit_s`.
+        """Until no work waits for a thread and no more runs are starting up
+        than the machine has cores, or `limit_s`.
 
         Start-ups keep both cores busy; what runs then slows every run's.
         Tests that need no engine wait here, and run while the runs wait out
-        their silence. Only the order of work depends on this, never a result.
+        their silence; the last start-up or two (a run's second proxy, a
+        start-up the burst made slow) need not hold them up. Only the order
+        of work depends on this, never a result.
         """
+        cores = os.cpu_count() or 2
         deadline = time.monotonic() + limit_s
         quiet_polls = 0
         while quiet_polls < 3 and time.monotonic() < deadline:
             with self._lock:
-                busy = self._starting > 0 or self._queued > 0
+                busy = self._starting > cores or self._queued > 0
             quiet_polls = 0 if busy else quiet_polls + 1
             time.sleep(1.0)
 
