@@ -76,8 +76,8 @@ def proxy_lab(
         OPEN_LABS.append(lab)
         try:
             # Start every run the collected tests will wait for, so that their
-            # minutes of silence overlap instead of adding up. More work is
-            # started than there are threads for, so the longest goes first:
+            # minutes of silence overlap instead of adding up. Where there is
+            # more work than threads for it, the longest goes first:
             # the tests' measures (a minute and a quarter of quiet streams
             # after a browser's turn, two minutes of the readers' command),
             # the examples' contracts and each version's measurement of its

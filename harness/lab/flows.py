@@ -88,12 +88,11 @@ class RunOutcome:
 
 
 def start_runs(lab: ProxyLab, include: SnippetInclude) -> list[Future[RunOutcome]]:
-    """Every run of one example, started in the background (once per run).
+    """The example's contract runs, started in the background (once per run).
 
     Each image gets two runs side by side: the contract, with DorkOS where
-    it listens by default; and the disruptions, with a DorkOS of the run's
-    own (it gets stopped) on the other loopback address. The contract's
-    come first: they take twice as long (see start_disruptions).
+    it listens by default; and the disruptions (start_disruptions), with a
+    DorkOS of the run's own (it gets stopped) on the other loopback address.
     """
     if proxy_for(include.snippet) is None:
         return []  # not a proxy's config: checked on its own
@@ -116,21 +115,21 @@ def start_disruptions(
     """
     if proxy_for(include.snippet) is None:
         return []
-    return [
-        lab.in_background(
-            ("disruptions", run_snippet(include), image.key),
-            functools.partial(run_disruptions, lab, include, image),
-        )
-        for image in images_for(lab, include)
-    ]
+    return [_disruptions(lab, include, image) for image in images_for(lab, include)]
+
+
+def _disruptions(
+    lab: ProxyLab, include: SnippetInclude, image: ProxyImage
+) -> Future[dict[str, str | BaseException]]:
+    return lab.in_background(
+        ("disruptions", run_snippet(include), image.key),
+        functools.partial(run_disruptions, lab, include, image),
+    )
 
 
 def run_example(lab: ProxyLab, include: SnippetInclude, image: ProxyImage) -> RunOutcome:
     """Bring the snippet up on the image and run the whole contract on it."""
-    disrupted = lab.in_background(
-        ("disruptions", run_snippet(include), image.key),
-        functools.partial(run_disruptions, lab, include, image),
-    )
+    disrupted = _disruptions(lab, include, image)
     with contextlib.ExitStack() as stack:
         try:
             proxy, extra = stack.enter_context(started(lab, include, image))

@@ -131,8 +131,7 @@ class _DebianBases:
         self._roots: dict[str, Path] = {}
         self._work: tempfile.TemporaryDirectory[str] | None = None
 
-    def root(self, suite: str, mirror: str = "") -> Path:
-        mirror = mirror or DEBIAN_MIRROR
+    def root(self, suite: str, mirror: str) -> Path:
         name = suite if mirror == DEBIAN_MIRROR else f"{suite}-from-another-mirror"
         with self._guard:
             lock = self._locks.setdefault(name, threading.Lock())
